@@ -1,0 +1,5 @@
+"""`python -m protocli` -> the Typer CLI."""
+
+from protocli.cli import main
+
+main()

@@ -1,0 +1,102 @@
+"""Terminal output helpers -> a stderr Console, progress bars with ETA, summary tables.
+
+Everything human-facing goes to stderr so that stdout stays clean for `--json`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+T = TypeVar("T")
+
+console = Console(stderr=True)
+# Set by the CLI's --quiet (and by tests) to silence bars and tables.
+QUIET = {"on": False}
+
+
+def make_progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+        disable=QUIET["on"],
+    )
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None):
+    """Yield `advance(n=1, **fields)`; shows a bar with ETA on stderr."""
+    with make_progress() as prog:
+        task = prog.add_task(description, total=total, info="")
+
+        def advance(n: int = 1, info: str | None = None) -> None:
+            if info is None:
+                prog.advance(task, n)
+            else:
+                prog.update(task, advance=n, info=info)
+
+        yield advance
+
+
+def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    with progress_bar(description, total) as advance:
+        for item in items:
+            yield item
+            advance()
+
+
+def print_table(title: str, rows: list[dict], columns: list[str] | None = None) -> None:
+    """A summary table on stderr from a list of dicts (floats shown with 3 decimals)."""
+    if QUIET["on"] or not rows:
+        return
+    columns = columns or list(rows[0].keys())
+    table = Table(title=title, title_justify="left")
+    for c in columns:
+        table.add_column(c, justify="right" if isinstance(rows[0].get(c), (int, float)) else "left")
+    for r in rows:
+        table.add_row(*[fmt(r.get(c)) for c in columns])
+    console.print(table)
+
+
+def print_kv(title: str, data: dict) -> None:
+    """A two-column table of a flat dict (nested values skipped)."""
+    rows = [{"what": k, "value": v} for k, v in data.items() if not isinstance(v, (dict, list))]
+    print_table(title, rows, ["what", "value"])
+
+
+def fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def info(msg: str) -> None:
+    if not QUIET["on"]:
+        console.print(msg, highlight=False)
+
+
+def warn(msg: str) -> None:
+    console.print(f"[yellow]warning:[/] {msg}", highlight=False)

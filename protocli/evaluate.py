@@ -1,0 +1,136 @@
+"""`protocli evaluate`: run -> accuracy, prototype counts and object statistics. Never changes the run.
+
+Object statistics (datasets with masks) refer to the latest push:
+- overlap of a prototype = fraction of its 95th-percentile box covered by the object mask of its
+  push image; `box` criterion: non-object when the overlap is 0 (the paper's text);
+- `cell` criterion: the mask area-downsampled to the latent grid is 0 at the prototype's cell
+  (the authors' code);
+- activation precision (binary form, metrics.md 4.2): over test images and the prototypes of
+  their class, the fraction of the top 5% of the bicubically upsampled similarity map that lies
+  inside the object.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from protocli.console import warn
+from protocli.files import read_json
+
+
+def box_overlap(boxes: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Fraction of each box [x0, y0, x1, y1) covered by its mask: boxes (R, 4), masks (R, S, S) bool."""
+    m = F.pad(masks.float().cumsum(1).cumsum(2), (1, 0, 1, 0))  # integral image (R, S+1, S+1)
+    r = torch.arange(len(boxes))
+    x0, y0, x1, y1 = boxes.long().unbind(1)
+    inside = m[r, y1, x1] - m[r, y0, x1] - m[r, y1, x0] + m[r, y0, x0]
+    area = ((x1 - x0) * (y1 - y0)).clamp(min=1).float()
+    return inside / area
+
+
+def cell_fraction(masks: torch.Tensor, cells: torch.Tensor, grid) -> torch.Tensor:
+    """Object fraction of each prototype's latent cell: masks (R, S, S), cells (R, 2) -> (R,)."""
+    small = F.interpolate(masks[:, None].float(), size=tuple(grid), mode="area")[:, 0]
+    r = torch.arange(len(cells))
+    return small[r, cells[:, 0], cells[:, 1]]
+
+
+def object_stats(doc: dict, train_masks: torch.Tensor) -> dict:
+    """Per-prototype overlap and non-object flags for a push document (prototypes.json)."""
+    protos = doc["prototypes"]
+    idx = torch.tensor([p["image_index"] for p in protos], dtype=torch.long)
+    boxes = torch.tensor([p["box"] for p in protos], dtype=torch.long)
+    cells = torch.tensor([p["cell"] for p in protos], dtype=torch.long)
+    m = train_masks[idx]
+    overlap = box_overlap(boxes, m)
+    frac = cell_fraction(m, cells, doc["grid"])
+    return {"overlap": overlap, "cell_fraction": frac, "box": overlap <= 0, "cell": frac <= 0}
+
+
+def activation_precision(model, z: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, device,
+                         batch_size: int = 16) -> float:
+    """Mean over (test image, own-class prototype) of the share of the top-5% pixels inside the object."""
+    from protocli.push import percentile_rows, upsample
+
+    ppc = model.cfg.prototypes_per_class
+    size = masks.shape[-1]
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(z), batch_size):
+            zb, yb = z[i:i + batch_size].to(device).float(), y[i:i + batch_size].to(device)
+            B = len(yb)
+            sim = model.similarity_map(zb)  # (B, P, H, W)
+            own = (yb[:, None] * ppc + torch.arange(ppc, device=device)[None, :])  # (B, ppc) prototype ids
+            maps = sim[torch.arange(B, device=device)[:, None], own].flatten(0, 1).cpu()  # (B*ppc, H, W)
+            up = upsample(maps, size)
+            top = up >= percentile_rows(up.flatten(1), 95.0)[:, None, None]
+            mb = masks[i:i + B].repeat_interleave(ppc, dim=0)
+            total += float(((top & mb).flatten(1).sum(1) / top.flatten(1).sum(1).clamp(min=1)).sum())
+            count += B * ppc
+    return total / max(count, 1)
+
+
+def evaluate_model(run, model, cub, device, criterion: str = "box", apr: bool = True) -> dict:
+    """All metrics of `model` on the run's data (cached latents). Does not modify anything."""
+    from protocli.cache import latents, masks, min_distances
+    from protocli.train import accuracy_from_min_d
+
+    crop = run.crop
+    model.eval()
+    out: dict = {"run": str(run.path)}
+    zte, yte = latents(model, cub, "test", crop=crop, cache_dir=run.cache_dir, device=device)
+    ztr, ytr = latents(model, cub, "train", crop=crop, cache_dir=run.cache_dir, device=device)
+    md_te = min_distances(model, zte, device)
+    out["accuracy"] = accuracy_from_min_d(model, md_te, yte)
+    out["train_accuracy"] = accuracy_from_min_d(model, min_distances(model, ztr, device), ytr)
+    with torch.no_grad():
+        pred = model.classify(md_te.to(device)).argmax(1).cpu()
+    K = len(cub.classes)
+    hits = torch.bincount(yte[pred == yte], minlength=K).float()
+    n = torch.bincount(yte, minlength=K).float()
+    out["per_class_accuracy"] = {cub.classes[c]: (float(hits[c] / n[c]) if n[c] else None) for c in range(K)}
+    out["prototypes"] = model.num_prototypes
+    out["active_prototypes"] = int((model.prototype_mask > 0).sum())
+    push = run.latest_push()
+    out["push"] = push.name if push else None
+    if push is None:
+        warn("no push yet: object statistics need one (`protocli push RUN`)")
+        return out
+    if not cub.has_masks:
+        warn("dataset has no segmentation masks: object statistics skipped")
+        return out
+    doc = read_json(push / "prototypes.json", "push file")
+    from safetensors import safe_open
+
+    with safe_open(str(push / "model.safetensors"), framework="pt") as fh:
+        pushed = fh.get_tensor("prototypes")
+    if not torch.allclose(pushed, model.prototypes.detach().cpu()):
+        warn(f"prototypes moved since push {push.name}: object statistics describe that push")
+    size = model.cfg.img_size
+    mtr = masks(cub, "train", size=size, crop=crop, cache_dir=run.cache_dir)
+    st = object_stats(doc, mtr)
+    active = model.prototype_mask.detach().cpu() > 0
+    out["criterion"] = criterion
+    out["non_object_box"] = int((st["box"] & active).sum())
+    out["non_object_cell"] = int((st["cell"] & active).sum())
+    out["non_object"] = out[f"non_object_{criterion}"]
+    out["overlap_ge_75"] = int(((st["overlap"] >= 0.75) & active).sum())
+    out["mean_overlap"] = float(st["overlap"][active].mean()) if bool(active.any()) else 0.0
+    if apr:
+        mte = masks(cub, "test", size=size, crop=crop, cache_dir=run.cache_dir)
+        out["activation_precision"] = activation_precision(model, zte, yte, mte, device)
+    out["overlap"] = [round(float(v), 4) for v in st["overlap"]]
+    out["non_object_prototypes"] = [int(j) for j in torch.nonzero(st[criterion] & active).flatten()]
+    return out
+
+
+def evaluate_run(run_dir: Path, criterion: str = "box", device=None, apr: bool = True) -> dict:
+    from protocli.run import Run
+
+    device = device or torch.device("cpu")
+    run = Run.open(run_dir)
+    model = run.load_model(device)
+    return evaluate_model(run, model, run.cub(), device, criterion=criterion, apr=apr)

@@ -1,0 +1,282 @@
+"""`protocli train`: dataset + config -> a run with the baseline ProtoPNet (warm, joint, push, last layer).
+
+Stages written: NNN-train (warm and joint epochs, resumable from `checkpoint.pt`), NNN-push, NNN-last.
+Frozen parts are in eval() mode and have requires_grad=False, so BatchNorm statistics stay put
+while frozen (the original code kept them in train mode and let them drift). The last layer is
+trained on the latent cache: with the encoder and prototypes fixed, its input (the min distances)
+is a constant per image, so an epoch is one small matmul.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from protocli import losses
+from protocli.console import info, progress_bar
+from protocli.errors import BadInput
+from protocli.files import append_jsonl
+from protocli.runtime import autocast, default_workers, seed_everything
+
+
+@dataclass
+class TrainConfig:
+    backbone: str = "resnet34"
+    pretrained: bool = False
+    weights: str | None = None
+    img_size: int = 224
+    prototypes_per_class: int = 10
+    proto_dim: int = 128
+    add_on: str = "shallow"
+    warm_epochs: int = 5
+    joint_epochs: int = 20
+    last_epochs: int = 100
+    batch_size: int = 80
+    lr_features: float = 1e-4
+    lr_add_on: float = 3e-3
+    lr_prototypes: float = 3e-3
+    lr_last: float = 1e-4
+    weight_decay: float = 1e-3
+    lr_step: int = 5
+    clst: float = 0.8
+    sep: float = 0.08
+    l1: float = 1e-4
+    crop: bool = True
+    augment: bool = True
+    stop_after: str = "last"  # joint | push | last
+    amp: bool = True
+    channels_last: bool = True
+    workers: int | None = None
+    seed: int = 0
+
+    def coefs(self) -> dict:
+        return {"crs_ent": 1.0, "clst": self.clst, "sep": -self.sep, "l1": self.l1}
+
+
+def set_phase(model, phase: str) -> None:
+    """warm: add-on + prototypes; joint: + backbone; last: last layer only. Frozen parts in eval()."""
+    trainable = {"warm": ("add_on", "prototypes"), "joint": ("features", "add_on", "prototypes"),
+                 "last": ("last_layer",), "frozen": ()}[phase]
+    for name in ("features", "add_on", "last_layer"):
+        mod = getattr(model, name)
+        on = name in trainable
+        mod.train(on)
+        for p in mod.parameters():
+            p.requires_grad_(on)
+    model.prototypes.requires_grad_("prototypes" in trainable)
+
+
+def make_optimizers(model, cfg: TrainConfig):
+    warm = torch.optim.Adam([
+        {"params": model.add_on.parameters(), "lr": cfg.lr_add_on, "weight_decay": cfg.weight_decay},
+        {"params": [model.prototypes], "lr": cfg.lr_prototypes},
+    ])
+    joint = torch.optim.Adam([
+        {"params": model.features.parameters(), "lr": cfg.lr_features, "weight_decay": cfg.weight_decay},
+        {"params": model.add_on.parameters(), "lr": cfg.lr_add_on, "weight_decay": cfg.weight_decay},
+        {"params": [model.prototypes], "lr": cfg.lr_prototypes},
+    ])
+    # Stepped after each joint epoch: x0.1 every lr_step epochs (the original stepped before the epoch,
+    # which decays one epoch early; we follow the documented "every 5 epochs").
+    sched = torch.optim.lr_scheduler.StepLR(joint, step_size=max(1, cfg.lr_step), gamma=0.1)
+    return warm, joint, sched
+
+
+def train_epoch(model, loader, optimizer, coefs: dict, device, *, amp: bool, channels_last: bool, desc: str) -> dict:
+    """One pass over `loader` with the full ProtoPNet loss; returns mean loss parts and accuracy."""
+    totals: dict[str, float] = {}
+    correct = seen = 0
+    with progress_bar(desc, len(loader.dataset)) as advance:
+        for x, y, _ in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if channels_last and device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(device, amp):
+                logits, min_d = model(x)
+            loss, parts = losses.protopnet_loss(logits.float(), min_d.float(), y, model, coefs)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            n = len(y)
+            for k, v in parts.items():
+                totals[k] = totals.get(k, 0.0) + float(v) * n
+            correct += int((logits.argmax(1) == y).sum())
+            seen += n
+            advance(n, info=f"loss {totals.get('loss', 0) / seen:.3f} acc {correct / seen:.3f}")
+    out = {k: v / max(seen, 1) for k, v in totals.items()}
+    out["train_accuracy"] = correct / max(seen, 1)
+    return out
+
+
+def accuracy_from_min_d(model, min_d: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        logits = model.classify(min_d.to(model.prototypes.device))
+        return float((logits.argmax(1).cpu() == y).float().mean()) if len(y) else 0.0
+
+
+def train_last_layer(model, min_d: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float, l1: float,
+                     batch_size: int, generator: torch.Generator, test: tuple | None = None,
+                     log: Path | None = None, desc: str = "last layer") -> dict:
+    """Adam on the last layer only, from fixed min distances (N, P). CE + l1 * L1(wrong-class weights).
+
+    The cluster and separation terms of the full loss do not depend on the last layer, so they are
+    left out here: they would change nothing but the logged value.
+    """
+    set_phase(model, "last")
+    dev = model.prototypes.device
+    opt = torch.optim.Adam(model.last_layer.parameters(), lr=lr)
+    n = len(y)
+    md, yy = min_d.to(dev), y.to(dev)
+    rec: dict = {}
+    with progress_bar(desc, epochs) as advance:
+        for epoch in range(epochs):
+            perm = torch.randperm(n, generator=generator).to(dev)
+            tot = correct = 0.0
+            for i in range(0, n, batch_size):
+                idx = perm[i:i + batch_size]
+                logits = model.classify(md[idx])
+                loss = F.cross_entropy(logits, yy[idx]) + l1 * losses.l1_wrong_class(
+                    model.last_layer.weight, model.class_identity)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                tot += float(loss) * len(idx)
+                correct += float((logits.argmax(1) == yy[idx]).sum())
+            rec = {"phase": "last", "epoch": epoch, "loss": tot / n, "train_accuracy": correct / n}
+            if test is not None:
+                rec["test_accuracy"] = accuracy_from_min_d(model, *test)
+            if log is not None:
+                append_jsonl(log, rec)
+            advance(1, info=f"acc {rec['train_accuracy']:.3f}")
+    set_phase(model, "frozen")
+    return rec
+
+
+def _loader(cub, split, transform, cfg: TrainConfig, shuffle: bool, generator: torch.Generator, device):
+    from protocli.data.cub import ImageSet
+
+    workers = default_workers() if cfg.workers is None else cfg.workers
+    return DataLoader(ImageSet(cub, split, transform, crop=cfg.crop), batch_size=cfg.batch_size,
+                      shuffle=shuffle, num_workers=workers, generator=generator, drop_last=False,
+                      pin_memory=device.type == "cuda")  # fresh workers each epoch: their seeds come from `generator`, so --resume is exact
+
+
+def _save_checkpoint(path: Path, model, warm, joint, sched, epoch: int, loader_gen: torch.Generator) -> None:
+    import io
+
+    from protocli.files import atomic_write_bytes
+
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "warm": warm.state_dict(), "joint": joint.state_dict(),
+                "sched": sched.state_dict(), "epoch": epoch, "rng": torch.get_rng_state(),
+                "loader_rng": loader_gen.get_state()}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _fit(run, model, cub, cfg: TrainConfig, device, generator: torch.Generator) -> dict:
+    """Warm and joint epochs inside the resumable train stage."""
+    from protocli.data.transforms import eval_transform, train_transform
+
+    tf = train_transform(cfg.img_size) if cfg.augment else eval_transform(cfg.img_size)
+    warm, joint, sched = make_optimizers(model, cfg)
+    coefs = cfg.coefs()
+    total = cfg.warm_epochs + cfg.joint_epochs
+    last: dict = {}
+    with run.stage("train", resumable=True) as st:
+        ckpt_path = st.dir / "checkpoint.pt"
+        start = 0
+        if ckpt_path.exists():
+            ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+            model.load_state_dict(ck["model"])
+            warm.load_state_dict(ck["warm"])
+            joint.load_state_dict(ck["joint"])
+            sched.load_state_dict(ck["sched"])
+            torch.set_rng_state(ck["rng"])
+            generator.set_state(ck["loader_rng"])
+            start = ck["epoch"] + 1
+            info(f"resuming training at epoch {start + 1} of {total}")
+        loader = _loader(cub, "train", tf, cfg, True, generator, device)
+        for epoch in range(start, total):
+            phase = "warm" if epoch < cfg.warm_epochs else "joint"
+            set_phase(model, phase)
+            t0 = time.perf_counter()
+            last = train_epoch(model, loader, warm if phase == "warm" else joint, coefs, device,
+                               amp=cfg.amp, channels_last=cfg.channels_last,
+                               desc=f"{phase} {epoch + 1}/{total}")
+            if phase == "joint":
+                sched.step()
+            last.update(phase=phase, epoch=epoch, seconds=round(time.perf_counter() - t0, 3))
+            append_jsonl(st.dir / "metrics.jsonl", last)
+            _save_checkpoint(ckpt_path, model, warm, joint, sched, epoch, generator)
+        set_phase(model, "frozen")
+        st.save_model(model)
+        ckpt_path.unlink(missing_ok=True)  # large, and useless once the stage is committed
+        st.info.update({k: last.get(k) for k in ("train_accuracy", "loss")}, epochs=total)
+    return last
+
+
+def train_run(data: Path, run_dir: Path, cfg: TrainConfig, device: torch.device, resume: bool = False) -> dict:
+    """Create (or resume) a run and train the baseline. Returns a summary dict."""
+    from protocli.cache import latents, min_distances
+    from protocli.data.cub import open_cub
+    from protocli.model import ModelConfig, build_model
+    from protocli.push import push_model
+    from protocli.run import Run
+
+    if cfg.stop_after not in ("joint", "push", "last"):
+        raise BadInput(f"--stop-after {cfg.stop_after}: expected joint, push or last")
+    t0 = time.perf_counter()
+    generator = seed_everything(cfg.seed)
+    cub = open_cub(data)
+    if resume:
+        run = Run.open(run_dir)
+        saved = TrainConfig(**run.manifest["train"])
+        cfg = TrainConfig(**{**asdict(saved), "workers": cfg.workers})  # the run's config wins
+        generator = seed_everything(cfg.seed)
+        if run.manifest["data"]["fingerprint"] != cub.fingerprint():
+            raise BadInput("dataset differs from the one this run started on", data)
+    mcfg = ModelConfig(backbone=cfg.backbone, num_classes=len(cub.classes),
+                       prototypes_per_class=cfg.prototypes_per_class, proto_dim=cfg.proto_dim,
+                       add_on=cfg.add_on, img_size=cfg.img_size)
+    if not resume:
+        if not cub.split("train"):
+            raise BadInput("dataset has no training images (train_test_split.txt)", data)
+        run = Run.create(run_dir, data_root=data, crop=cfg.crop, fingerprint=cub.fingerprint(),
+                         model_cfg=mcfg.to_dict(), train_cfg=asdict(cfg), seed=cfg.seed, device=str(device))
+    done = {s["kind"] for s in run.stage_log()}
+    if "train" in done:
+        model = run.load_model(device)
+    else:
+        model = build_model(mcfg, pretrained=cfg.pretrained,
+                            weights=Path(cfg.weights) if cfg.weights else None).to(device)
+        if cfg.channels_last and device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        _fit(run, model, cub, cfg, device, generator)
+    result = {"run": str(run.path), "device": str(device), "backbone": cfg.backbone,
+              "grid": list(model.grid_size()), "prototypes": model.num_prototypes}
+    result.update({k: v for k, v in run.stage_log("train")[-1].items() if k in ("train_accuracy", "loss")})
+    if cfg.stop_after != "joint":
+        ztr, ytr = latents(model, cub, "train", crop=cfg.crop, cache_dir=run.cache_dir, device=device,
+                           amp=cfg.amp, workers=cfg.workers)
+        if "push" not in done:
+            push_model(run, model, cub, ztr, ytr, device)
+            model = run.load_model(device)
+        if cfg.stop_after == "last" and "last" not in done and cfg.last_epochs > 0:
+            zte, yte = latents(model, cub, "test", crop=cfg.crop, cache_dir=run.cache_dir, device=device,
+                               amp=cfg.amp, workers=cfg.workers)
+            md_tr, md_te = min_distances(model, ztr, device), min_distances(model, zte, device)
+            with run.stage("last") as st:
+                rec = train_last_layer(model, md_tr, ytr, epochs=cfg.last_epochs, lr=cfg.lr_last, l1=cfg.l1,
+                                       batch_size=cfg.batch_size, generator=generator, test=(md_te, yte),
+                                       log=st.dir / "metrics.jsonl")
+                st.save_model(model)
+                st.info.update(train_accuracy=rec["train_accuracy"], test_accuracy=rec["test_accuracy"])
+            result.update(train_accuracy=rec["train_accuracy"], test_accuracy=rec["test_accuracy"])
+    result["stages"] = [s["id"] for s in run.stage_log()]
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    return result
