@@ -25,8 +25,12 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain click help: rich-formatted help imports markdown/pygments and costs ~0.25 s per call,
+    # which adds up when rounds are scripted in shell loops.
+    rich_markup_mode=None,
 )
-data_app = typer.Typer(help="Make and check datasets in the CUB-200-2011 layout.", no_args_is_help=True)
+data_app = typer.Typer(help="Make and check datasets in the CUB-200-2011 layout.", no_args_is_help=True,
+                       rich_markup_mode=None)
 app.add_typer(data_app, name="data")
 
 JSON_OPT = typer.Option(False, "--json", help="Print the result as JSON on stdout (tables go to stderr).")

@@ -107,8 +107,9 @@ def train_epoch(model, loader, optimizer, coefs: dict, device, *, amp: bool, cha
                 totals[k] = totals.get(k, 0.0) + float(v) * n
             correct += int((logits.argmax(1) == y).sum())
             seen += n
-            advance(n, info=f"loss {totals.get('loss', 0) / seen:.3f} acc {correct / seen:.3f}")
+            advance(n, info=f"loss {totals.get('total', 0) / seen:.3f} acc {correct / seen:.3f}")
     out = {k: v / max(seen, 1) for k, v in totals.items()}
+    out["loss"] = out.pop("total", None)
     out["train_accuracy"] = correct / max(seen, 1)
     return out
 
@@ -145,7 +146,7 @@ def train_last_layer(model, min_d: torch.Tensor, y: torch.Tensor, *, epochs: int
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                tot += float(loss) * len(idx)
+                tot += float(loss.detach()) * len(idx)
                 correct += float((logits.argmax(1) == yy[idx]).sum())
             rec = {"phase": "last", "epoch": epoch, "loss": tot / n, "train_accuracy": correct / n}
             if test is not None:
