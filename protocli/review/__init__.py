@@ -1,0 +1,62 @@
+"""`protocli review RUN`: a Textual app to accept or reject the prototypes of a run's latest push.
+
+Input: a run folder with at least one stages/NNN-push. Output: the run's antitypes.json (written
+after every decision) and a summary dict {push, total, reviewed, rejected, accepted, file}.
+
+Importing this package is cheap: textual, textual_image and numpy load inside `review()`.
+Only this package imports Textual (a test checks that the rest of protocli never does).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from protocli.errors import BadInput
+
+__all__ = ["review", "check_terminal"]
+
+
+def check_terminal() -> None:
+    """BadInput unless stdin, stdout and stderr are terminals.
+
+    textual_image crashes in termios when stdin is not a TTY, and Textual draws on stderr, so a
+    redirected stream would give a crash or an invisible UI instead of this one line.
+    """
+    for name in ("stdin", "stdout", "stderr"):
+        stream = getattr(sys, f"__{name}__", None)
+        try:
+            tty = stream is not None and stream.isatty()
+        except ValueError:  # closed stream
+            tty = False
+        if not tty:
+            raise BadInput(f"protocli review needs a terminal, but {name} is not a TTY")
+
+
+def review(run_dir: Path, graphics: str = "auto", push: str | None = None) -> dict:
+    """Open the review app on the run's latest push (or `push`) and block until the user quits.
+
+    Decisions of the previous push carry over where a prototype still sits on the same patch.
+    BadInput: no push in the run, unknown push or graphics value, a bad antitypes.json, no terminal.
+    """
+    from protocli.review.pictures import GRAPHICS, make_renderer
+    from protocli.review.state import list_pushes, open_state
+
+    if graphics not in GRAPHICS:
+        raise BadInput(f"--graphics is {graphics!r}, expected one of {', '.join(GRAPHICS)}")
+    # Check the run before the terminal: a script without a TTY still learns what is wrong with it.
+    run_dir = Path(run_dir)
+    pushes = list_pushes(run_dir)
+    if not run_dir.is_dir():
+        raise BadInput("run folder not found", run_dir)
+    if not pushes:
+        raise BadInput("this run has no push yet; run `protocli push RUN` first", run_dir)
+    if push is not None and push not in pushes:
+        raise BadInput(f"push {push!r} not found; pushes: {', '.join(pushes)}", run_dir / "stages")
+    check_terminal()
+    state = open_state(run_dir, push)
+    renderer = make_renderer(graphics)  # may probe the terminal: must happen before App.run()
+    from protocli.review.app import ReviewApp
+
+    ReviewApp(state, renderer).run()
+    return state.summary()

@@ -1,0 +1,283 @@
+"""Review state: one push's prototypes + antitypes.json -> cursor, order, decisions saved at once.
+
+Inputs: a push folder (prototypes.json, model.safetensors) and the run's antitypes.json.
+Outputs: the same antitypes.json, rewritten atomically after every decision, and a summary dict.
+
+This module is the whole behaviour of the review TUI without a terminal: the Textual app only
+maps keys to these methods and draws the result, so tests drive it directly. It must never
+import textual.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from protocli import antitypes as at
+from protocli.errors import BadInput
+from protocli.files import read_json
+
+SORTS = ("id", "class", "weight", "undecided")
+
+
+@dataclass(frozen=True)
+class Proto:
+    id: int
+    cls: int
+    class_name: str
+    image: str
+    cell: tuple[int, int]
+    box: tuple[int, int, int, int]
+    distance: float
+    weight: float
+    duplicate_of: int | None
+    nearest: tuple[dict, ...]
+
+
+def list_pushes(run_dir: Path) -> list[str]:
+    """Push ids of a run, oldest first: the stages/NNN-push folders."""
+    stages = Path(run_dir) / "stages"
+    if not stages.is_dir():
+        return []
+    ids = [p.name for p in stages.iterdir() if p.is_dir() and re.fullmatch(r"\d+-push", p.name)]
+    return sorted(ids, key=at.push_key)
+
+
+def read_push(push_dir: Path) -> tuple[dict, list[Proto], np.ndarray]:
+    """prototypes.json and model.safetensors of one push -> (meta, prototypes, vectors (P, D))."""
+    from safetensors.numpy import load_file
+
+    path = push_dir / "prototypes.json"
+    meta = read_json(path, "prototypes file")
+    if not isinstance(meta, dict) or not isinstance(meta.get("prototypes"), list):
+        raise BadInput("expected an object with a 'prototypes' list", path)
+    meta.setdefault("push", push_dir.name)
+    weights_path = push_dir / "model.safetensors"
+    try:
+        tensors = load_file(str(weights_path))
+    except FileNotFoundError:
+        raise BadInput("weights of the push not found", weights_path) from None
+    except Exception as e:  # safetensors raises its own error types on a corrupt header
+        raise BadInput(f"cannot read weights: {e}", weights_path) from None
+    if "prototypes" not in tensors:
+        raise BadInput("no 'prototypes' tensor", weights_path)
+    vectors = tensors["prototypes"].astype(np.float32).reshape(len(tensors["prototypes"]), -1)
+    last = tensors.get("last_layer.weight")
+    classes = meta.get("classes") or []
+    protos = []
+    for i, p in enumerate(meta["prototypes"]):
+        try:
+            j, c = int(p["prototype"]), int(p["class"])
+            if j != i or j >= len(vectors):
+                raise ValueError(f"prototype {j} out of order or beyond the {len(vectors)} vectors")
+            weight = p.get("weight")
+            if weight is None and last is not None:
+                weight = float(last[c, j])
+            name = p.get("class_name") or (classes[c] if c < len(classes) else str(c))
+            protos.append(Proto(j, c, name, str(p["image"]), tuple(p["cell"]), tuple(int(v) for v in p["box"]),
+                                float(p.get("distance", float("nan"))), float(weight or 0.0),
+                                p.get("duplicate_of"), tuple(p.get("nearest") or ())))
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise BadInput(f"prototypes[{i}] is malformed ({e})", path) from None
+    if len(protos) != len(vectors):
+        raise BadInput(f"{len(protos)} prototypes but {len(vectors)} vectors in model.safetensors", path)
+    return meta, protos, vectors
+
+
+class ReviewState:
+    """Cursor over an ordered, filterable list of prototypes; decisions go to disk at once."""
+
+    def __init__(self, push_dir: Path, antitypes_path: Path, antitypes: at.Antitypes | None = None,
+                 known_pushes: list[str] | None = None, read_only: bool = False):
+        self.push_dir = Path(push_dir)
+        self.antitypes_path = Path(antitypes_path)
+        self.meta, self.protos, self.vectors = read_push(self.push_dir)
+        self.push: str = self.meta["push"]
+        if antitypes is None:
+            antitypes = at.load(self.antitypes_path, len(self.protos), self.vectors.shape[1], known_pushes)
+        self.antitypes = antitypes
+        self.read_only = read_only
+        self.sort = "id"
+        self.filter_class: int | None = None
+        self.order: list[int] = list(range(len(self.protos)))
+        self.cursor = 0
+        self.history: list[tuple[int, dict | None]] = []  # undo stack: (prototype, decision it replaced)
+        self.message = ""
+
+    # -- reading -----------------------------------------------------------------------------------
+    @property
+    def current(self) -> Proto | None:
+        return self.protos[self.order[self.cursor]] if self.order else None
+
+    def decision(self, j: int) -> dict | None:
+        return self.antitypes.get(j, self.push)
+
+    def counts(self) -> dict:
+        verdicts = self.antitypes.decided(self.push)
+        rejected = sum(v == "reject" for v in verdicts.values())
+        return {"total": len(self.protos), "reviewed": len(verdicts), "rejected": rejected,
+                "accepted": len(verdicts) - rejected}
+
+    def summary(self) -> dict:
+        return {"push": self.push, **self.counts(), "file": str(self.antitypes_path)}
+
+    # -- moving ------------------------------------------------------------------------------------
+    def move(self, delta: int) -> None:
+        if self.order:
+            self.cursor = max(0, min(len(self.order) - 1, self.cursor + delta))
+
+    def goto(self, index: int) -> None:
+        self.cursor = 0
+        self.move(index)
+
+    def next_undecided(self) -> bool:
+        n = len(self.order)
+        for step in range(1, n + 1):
+            i = (self.cursor + step) % n
+            if self.decision(self.order[i]) is None:
+                self.cursor = i
+                return True
+        self.message = "every prototype here has a decision"
+        return False
+
+    def _reorder(self, keep: int | None) -> None:
+        ids = [p.id for p in self.protos if self.filter_class is None or p.cls == self.filter_class]
+        key = {
+            "id": lambda j: j,
+            "class": lambda j: (self.protos[j].cls, j),
+            "weight": lambda j: (-self.protos[j].weight, j),
+            # Fixed when sorting: cards do not jump away while one decides.
+            "undecided": lambda j: (self.decision(j) is not None, j),
+        }[self.sort]
+        self.order = sorted(ids, key=key)
+        self.cursor = self.order.index(keep) if keep in self.order else 0
+
+    def cycle_sort(self) -> str:
+        self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]
+        self._reorder(self.current.id if self.current else None)
+        self.message = f"sorted by {self.sort}"
+        return self.sort
+
+    def set_filter(self, cls: int | None) -> None:
+        keep = self.current.id if self.current else None
+        self.filter_class = cls
+        self._reorder(keep)
+        self.message = f"showing {len(self.order)} of {len(self.protos)} prototypes"
+
+    def toggle_filter(self) -> None:
+        """Filter to the current prototype's class, or clear the filter."""
+        if self.filter_class is not None or self.current is None:
+            self.set_filter(None)
+        else:
+            self.set_filter(self.current.cls)
+
+    def next_class(self) -> None:
+        classes = sorted({p.cls for p in self.protos})
+        i = classes.index(self.filter_class) + 1 if self.filter_class in classes else 0
+        self.set_filter(classes[i % len(classes)])
+
+    def class_label(self, cls: int) -> str:
+        names = self.meta.get("classes") or []
+        if cls < len(names):
+            return names[cls]
+        return next((p.class_name for p in self.protos if p.cls == cls), str(cls))
+
+    # -- deciding ----------------------------------------------------------------------------------
+    def decide(self, verdict: str) -> bool:
+        """Record the user's verdict on the current prototype, save, and step to the next card."""
+        p = self.current
+        if p is None or not self._writable():
+            return False
+        previous = self.decision(p.id)
+        if not self._apply(p.id, {"verdict": verdict, "by": "user", "at": None}):
+            return False
+        self.history.append((p.id, previous))
+        self.message = f"#{p.id} {verdict}ed"
+        self.move(1)
+        return True
+
+    def undo(self) -> bool:
+        """Undo this session's last decision (restoring what it replaced), else clear the current one."""
+        if not self._writable():
+            return False
+        if self.history:
+            j, previous = self.history[-1]
+            if not self._apply(j, previous):
+                return False
+            self.history.pop()
+            if j in self.order:
+                self.cursor = self.order.index(j)
+            self.message = f"#{j} back to {previous['verdict'] if previous else 'undecided'}"
+            return True
+        p = self.current
+        if p is None or self.decision(p.id) is None:
+            self.message = "nothing to undo"
+            return False
+        if self._apply(p.id, None):
+            self.message = f"#{p.id} undecided"
+            return True
+        return False
+
+    def _writable(self) -> bool:
+        if self.read_only:
+            self.message = f"read-only: {self.push} is earlier than the current push {self.antitypes.push}"
+        return not self.read_only
+
+    def _set(self, j: int, record: dict | None) -> None:
+        if record is None:
+            self.antitypes.undo(j, self.push)
+            return
+        p = self.protos[j]
+        self.antitypes.decide(j, record["verdict"], record["by"], self.push, vector=self.vectors[j],
+                              cls=p.cls, image=p.image, box=p.box, at=record["at"])
+
+    def _apply(self, j: int, record: dict | None) -> bool:
+        """Change the decision on j and write the file; on a failed write put the old one back."""
+        before = self.decision(j)
+        before = dict(before) if before else None
+        self._set(j, record)
+        try:
+            at.save(self.antitypes, self.antitypes_path)
+        except OSError as e:
+            self._set(j, before)
+            self.message = f"could not write {self.antitypes_path}: {e}"
+            return False
+        return True
+
+
+def open_state(run_dir: Path, push: str | None = None) -> ReviewState:
+    """Run folder -> state on its latest push (or `push`), after carrying decisions over.
+
+    Decisions of the antitypes file's current push carry over to a newer push where a prototype
+    still sits on the same patch; the file is then saved with the new push as current. A push
+    older than the file's current push opens read-only.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise BadInput("run folder not found", run_dir)
+    pushes = list_pushes(run_dir)
+    if not pushes:
+        raise BadInput("this run has no push yet; run `protocli push RUN` first", run_dir)
+    target = push or pushes[-1]
+    if target not in pushes:
+        raise BadInput(f"push {target!r} not found; pushes: {', '.join(pushes)}", run_dir / "stages")
+    state = ReviewState(run_dir / "stages" / target, run_dir / "antitypes.json", known_pushes=pushes)
+    ants = state.antitypes
+    if ants.push is not None and at.push_key(ants.push) > at.push_key(target):
+        state.read_only = True
+        state.message = f"read-only: antitypes.json is already on {ants.push}"
+    elif ants.push != target:
+        carried = 0
+        old_meta = run_dir / "stages" / ants.push / "prototypes.json" if ants.push else None
+        if old_meta is not None and old_meta.exists():
+            carried = at.carry_over(ants, read_json(old_meta, "prototypes file"), state.meta,
+                                    new_vectors=state.vectors)
+        had_decisions = bool(ants.decisions)
+        ants.push = target
+        if had_decisions:
+            at.save(ants, state.antitypes_path)
+        state.message = f"{carried} decisions carried over from the previous push" if carried else ""
+    return state

@@ -1,0 +1,131 @@
+"""The review app under Pilot: keys -> antitypes.json and state, the detail view, help, text snapshots
+at 80x24, Kitty/Sixel-style picture widgets, and speed on 2000 prototypes. Renderers are explicit,
+never auto (auto would probe the terminal and, under `pytest -s`, could write Kitty escapes)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+from _reviewutil import make_push, screen_lines
+
+from protocli.review.app import ReviewApp
+from protocli.review.pictures import Renderer, make_renderer
+from protocli.review.state import open_state
+from protocli.review.widgets import HelpScreen
+
+
+def decided(run) -> dict:
+    data = json.loads((run / "antitypes.json").read_text())
+    return {d["prototype"]: d["verdict"] for d in data["decisions"]}
+
+
+@pytest.fixture
+def run(tmp_path):
+    make_push(tmp_path / "run", P=30, k=3)
+    return tmp_path / "run"
+
+
+async def test_keys_save_every_decision(run):
+    st = open_state(run)
+    app = ReviewApp(st, make_renderer("halfcell"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        assert app.gallery.grid == (5, 2)  # 10 cards with pictures fit 80x24
+        await pilot.press("r", "a", "l", "r")
+        assert decided(run) == {0: "reject", 1: "accept", 3: "reject"} and st.cursor == 4
+        await pilot.press("u")
+        assert decided(run) == {0: "reject", 1: "accept"} and st.cursor == 3
+        await pilot.press("j", "down", "k", "h", "left", "up")  # +5 +5 -5 -1 -1 -5
+        assert st.cursor == 1
+        await pilot.press("home", "space")
+        assert st.current.id == 2
+        await pilot.press("pagedown", "pagedown")
+        assert st.cursor == 22 and app.page_start == 20
+        await pilot.press("end", "pageup")
+        assert st.cursor == 19
+        await pilot.press("s")
+        assert st.sort == "class"
+        await pilot.press("f")
+        assert st.filter_class == 1 and len(st.order) == 10
+        await pilot.press("F")
+        assert st.filter_class == 2
+        await pilot.press("f")
+        assert st.filter_class is None
+        await pilot.resize_terminal(120, 40)
+        await pilot.pause()
+        assert app.gallery.grid == (7, 3) and app.page_start == 0  # cursor 19 is on the first page now
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("r")  # any key closes help and decides nothing
+        assert not isinstance(app.screen, HelpScreen) and len(decided(run)) == 2
+        await pilot.press("q")
+    assert app.return_value == {"push": "002-push", "total": 30, "reviewed": 2, "rejected": 1, "accepted": 1,
+                                "file": str(run / "antitypes.json")}
+    assert open_state(run).counts()["reviewed"] == 2  # reopening restores every decision
+
+
+async def test_detail_view_and_gallery_snapshot(run):
+    st = open_state(run)
+    app = ReviewApp(st, make_renderer("halfcell"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("r")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        lines = screen_lines(app.export_screenshot())
+        assert len(lines) == 24
+        text = "\n".join(lines)
+        assert "#0  w +1.00" in text and "✗ reject" in text and "#9  w +1." in text and "#10 " not in text
+        assert "reviewed 1/30  rejected 1  accepted 0" in lines[22] and "002-push" in lines[22]
+        assert "antitypes.json" in lines[22]
+        assert "▀" in text  # half-block pictures arrived from the loading thread
+
+        await pilot.press("tab")
+        assert app.in_detail and app.detail.proto.id == 1
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert app.detail.image._strips and app.detail.near_pics[0]._strips
+        text = "\n".join(screen_lines(app.export_screenshot()))
+        for label in ("prototype #1", "training image + box", "similarity heatmap", "nearest training patches",
+                      "002.[odd]_bird", "image 001.bird_0/img_0001.png"):
+            assert label in text
+        await pilot.press("l", "r")  # keys work in the detail view too
+        assert decided(run) == {0: "reject", 2: "reject"} and app.detail.proto.id == 3
+        await pilot.press("tab")
+        assert not app.in_detail and app.gallery.display
+
+
+async def test_text_only_and_textual_image_widgets(run):
+    import textual_image.widget as tiw
+
+    for renderer in (make_renderer("none"), Renderer("sixel", tiw.SixelImage, (10, 20)),
+                     Renderer("unicode", tiw.UnicodeImage, (10, 20))):
+        st = open_state(run)
+        app = ReviewApp(st, renderer)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("a", "tab", "r", "tab", "pagedown")
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            if renderer.kind == "none":
+                assert app.gallery.grid == (5, 4) and not app.gallery.overlays
+            else:
+                assert len(app.gallery.overlays) == 10
+                assert app.gallery.overlays[0].image is not None  # picture of the card on the new page
+            await pilot.press("q")
+        assert len(decided(run)) == 2
+
+
+async def test_2000_prototypes_first_screen_and_key_latency(tmp_path):
+    make_push(tmp_path / "run", P=2000, K=200, D=128, k=1)
+    st = open_state(tmp_path / "run")
+    app = ReviewApp(st, make_renderer("halfcell"))
+    app.thumbs.capacity = 60  # small, so paging must evict
+    async with app.run_test(size=(120, 40)) as pilot:
+        keys = ["l", "j", "r", "a", "u", "space", "pagedown", "pagedown", "s", "f", "f", "tab", "l", "tab"]
+        await pilot.press(*keys, *["pagedown"] * 6)
+        await pilot.pause()
+        assert app.first_screen_s is not None and app.first_screen_s < 1.5
+        lat = list(app.latencies)
+        assert len(lat) >= len(keys) and statistics.median(lat) < 0.15
+        assert len(app.thumbs._items) <= app.thumbs.capacity  # memory stays bounded
+        await pilot.press("q")
