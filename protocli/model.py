@@ -8,8 +8,8 @@ similarities before the last layer: a masked prototype no longer votes (Gerstenb
 
 Precision: distances are always computed in float32 (float64 if the inputs are float64), also
 under torch.autocast. They are a difference of large terms, |z|^2 - 2 z.p + |p|^2 with |z|^2 up to
-D = 128, and log((d+1)/(d+1e-4)) is steepest near d = 0: in bf16 (8 bits of mantissa) the rounding
-error of |z|^2 alone is about 0.5, which wipes out exactly the small distances that matter.
+D = 128, and log((d+1)/(d+1e-4)) is steepest near d = 0: bf16 (8 significant bits) spaces its values
+0.5 apart near 100, so rounding |z|^2 alone wipes out exactly the small distances that matter.
 """
 
 from __future__ import annotations
