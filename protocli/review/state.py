@@ -46,6 +46,24 @@ def list_pushes(run_dir: Path) -> list[str]:
     return sorted(ids, key=at.push_key)
 
 
+def current_last_layer(push_dir: Path, pushed: np.ndarray) -> np.ndarray | None:
+    """The run's current last-layer weights, when its prototypes are still those of this push.
+
+    The weights in prototypes.json are from the moment of the push; the last layer is usually
+    fine-tuned afterwards, and the reviewer should see the weights the model votes with now.
+    """
+    from safetensors.numpy import load_file
+
+    try:
+        current = load_file(str(push_dir.parent.parent / "model.safetensors"))
+    except Exception:  # no run around this push folder (tests), or unreadable: fall back to the push
+        return None
+    same = current.get("prototypes") is not None and current["prototypes"].shape == pushed.shape
+    if same and np.array_equal(current["prototypes"], pushed):
+        return current.get("last_layer.weight")
+    return None
+
+
 def read_push(push_dir: Path) -> tuple[dict, list[Proto], np.ndarray]:
     """prototypes.json and model.safetensors of one push -> (meta, prototypes, vectors (P, D))."""
     from safetensors.numpy import load_file
@@ -65,7 +83,7 @@ def read_push(push_dir: Path) -> tuple[dict, list[Proto], np.ndarray]:
     if "prototypes" not in tensors:
         raise BadInput("no 'prototypes' tensor", weights_path)
     vectors = tensors["prototypes"].astype(np.float32).reshape(len(tensors["prototypes"]), -1)
-    last = tensors.get("last_layer.weight")
+    last = current_last_layer(push_dir, tensors["prototypes"])
     classes = meta.get("classes") or []
     protos = []
     for i, p in enumerate(meta["prototypes"]):
@@ -73,9 +91,7 @@ def read_push(push_dir: Path) -> tuple[dict, list[Proto], np.ndarray]:
             j, c = int(p["prototype"]), int(p["class"])
             if j != i or j >= len(vectors):
                 raise ValueError(f"prototype {j} out of order or beyond the {len(vectors)} vectors")
-            weight = p.get("weight")
-            if weight is None and last is not None:
-                weight = float(last[c, j])
+            weight = float(last[c, j]) if last is not None else p.get("weight")
             name = p.get("class_name") or (classes[c] if c < len(classes) else str(c))
             protos.append(Proto(j, c, name, str(p["image"]), tuple(p["cell"]), tuple(int(v) for v in p["box"]),
                                 float(p.get("distance", float("nan"))), float(weight or 0.0),
