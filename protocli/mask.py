@@ -1,0 +1,166 @@
+"""`protocli mask`: run + antitypes.json -> the masking condition (a "mask" stage), accuracies before/after.
+
+Condition 3 of Gerstenberger et al.: the prototypes rejected on the latest push get
+`prototype_mask` 0, which multiplies their similarity before the last layer, so they no longer
+vote; then the last layer alone is retrained (default 20 epochs, Adam 1e-4, as the authors'
+`deselection_masking.py`). The authors' final step *deletes* prototypes instead; for inference the
+two are the same (a masked column contributes exactly 0 to every logit), and masking keeps the
+prototype indices, antitypes.json and the push pictures valid.
+
+With the encoder and the prototypes fixed, the last layer's input (the min distances) is a constant
+per image, so the fine-tune runs on the latent cache in seconds. Accuracy is recorded on the test
+split (and the train split) before masking, after masking and after the fine-tune.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from protocli.console import info
+from protocli.errors import BadInput
+
+
+def rejected_on_latest_push(
+    run, antitypes_path: Path | None, num_prototypes: int, dim: int
+) -> tuple[list, str]:
+    """Prototype ids rejected on the run's latest push -> (ids, push id). BadInput when undecided."""
+    from protocli.simulate import load_antitypes
+
+    push = run.require_push().name
+    ants, path = load_antitypes(run, antitypes_path, num_prototypes, dim)
+    if not ants.decided(push):
+        where = f"decisions on {ants.push}" if ants.push else "no decisions"
+        raise BadInput(
+            f"no decisions on the latest push {push} ({where}); decide first: "
+            "protocli simulate RUN, or protocli review RUN",
+            path,
+        )
+    return ants.rejected(push), push
+
+
+def mask_model(
+    run,
+    model,
+    cub,
+    rejected: list[int],
+    *,
+    last_epochs: int,
+    lr_last: float,
+    device,
+    generator: torch.Generator,
+    batch_size: int | None = None,
+    l1: float | None = None,
+) -> dict:
+    """Mask `rejected`, fine-tune the last layer on cached latents, commit a "mask" stage. Returns accuracies."""
+    from protocli.cache import latents, min_distances
+    from protocli.train import accuracy_from_min_d, train_last_layer
+
+    t0 = time.perf_counter()
+    tcfg = run.manifest.get("train", {})
+    batch_size = batch_size or int(tcfg.get("batch_size", 80))
+    l1 = float(tcfg.get("l1", 1e-4)) if l1 is None else l1
+    model.eval()
+    ztr, ytr = latents(model, cub, "train", crop=run.crop, cache_dir=run.cache_dir, device=device)
+    zte, yte = latents(model, cub, "test", crop=run.crop, cache_dir=run.cache_dir, device=device)
+    # Min distances do not depend on the mask or the last layer: computed once for all three accuracies.
+    md_tr, md_te = min_distances(model, ztr, device), min_distances(model, zte, device)
+
+    def accs() -> tuple[float, float]:
+        return accuracy_from_min_d(model, md_te, yte), accuracy_from_min_d(model, md_tr, ytr)
+
+    before, train_before = accs()
+    idx = torch.as_tensor(rejected, dtype=torch.long, device=model.prototype_mask.device)
+    with torch.no_grad():
+        model.prototype_mask[idx] = 0.0  # already-masked prototypes stay masked
+    masked, train_masked = accs()
+    with run.stage("mask") as st:
+        rec = {"test_accuracy": masked, "train_accuracy": train_masked}
+        if last_epochs > 0:
+            rec = train_last_layer(
+                model,
+                md_tr,
+                ytr,
+                epochs=last_epochs,
+                lr=lr_last,
+                l1=l1,
+                batch_size=batch_size,
+                generator=generator,
+                test=(md_te, yte),
+                log=st.dir / "metrics.jsonl",
+                desc="last layer (masked)",
+            )
+        st.save_model(model)
+        active = int((model.prototype_mask > 0).sum())
+        st.info.update(
+            masked=len(rejected),
+            active_prototypes=active,
+            accuracy_before=before,
+            accuracy_masked=masked,
+            accuracy_after=rec["test_accuracy"],
+        )
+        stage_id = st.id
+    after, train_after = accs()
+    info(
+        f"masking: {len(rejected)} prototypes masked; test accuracy {before:.3f} -> {masked:.3f} "
+        f"-> {after:.3f} after {last_epochs} last-layer epochs"
+    )
+    return {
+        "run": str(run.path),
+        "stage": stage_id,
+        "masked": len(rejected),
+        "masked_prototypes": list(rejected),
+        "active_prototypes": active,
+        "prototypes": model.num_prototypes,
+        "accuracy_before": before,
+        "accuracy_masked": masked,
+        "accuracy_after": after,
+        "train_accuracy_before": train_before,
+        "train_accuracy_masked": train_masked,
+        "train_accuracy_after": train_after,
+        "last_epochs": last_epochs,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def mask_run(
+    run_dir: Path,
+    antitypes: Path | None = None,
+    last_epochs: int = 20,
+    lr_last: float = 1e-4,
+    out: Path | None = None,
+    device=None,
+    generator: torch.Generator | None = None,
+) -> dict:
+    """Open (or fork to `out`) a run, mask its rejected prototypes and fine-tune the last layer."""
+    from protocli.run import Run
+
+    if last_epochs < 0:
+        raise BadInput(f"--last-epochs {last_epochs}: must be 0 or more")
+    if lr_last <= 0:
+        raise BadInput(f"--lr-last {lr_last}: must be positive")
+    device = device or torch.device("cpu")
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    run = Run.open(run_dir)
+    model = run.load_model(device)
+    # Check the decisions before forking, so a bad call leaves no half-made fork behind.
+    rejected, push = rejected_on_latest_push(run, antitypes, model.num_prototypes, model.cfg.proto_dim)
+    source = str(run.path)
+    if out is not None:
+        run = run.fork(out)
+    result = mask_model(
+        run,
+        model,
+        run.cub(),
+        rejected,
+        last_epochs=last_epochs,
+        lr_last=lr_last,
+        device=device,
+        generator=generator,
+    )
+    result["push"] = push
+    if out is not None:
+        result["forked_from"] = source
+    return result

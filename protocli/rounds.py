@@ -1,0 +1,317 @@
+"""`protocli rounds`: run -> Alg. 1 of Gerstenberger et al. repeated N times; a per-round table (rounds.json).
+
+Each round: push (the latest push is reused when the prototypes and the encoder have not changed
+since it) -> consult the user (the simulated user, or a person in the review TUI) -> Q, the
+antitype set, grows -> stop early when the round finds no non-object prototype -> revision epochs
+on the latent cache -> push -> accuracy before the fine-tune -> last-layer fine-tune -> accuracy
+after. Every step is a committed stage of the run, so an interrupted run keeps its finished rounds.
+
+The table (RUN/rounds.json, rewritten atomically after every round, and the result's "rounds"):
+- round 0 is the starting point (baseline); its "after" columns describe the model as it was;
+- non_object: prototypes rejected on the push consulted at the start of the round (carried over
+  or new); clicks: new rejects (decisions carried over from the previous push on the same patch
+  do not count); decisions: new verdicts of either kind; antitypes: |Q| after consulting;
+- accuracy_before_ft / accuracy_after_ft: test accuracy after the revision push, before and after
+  the last-layer fine-tune; train_accuracy: after the fine-tune;
+- non_object_after, overlap_ge_75: object statistics of the push after the revision (what the next
+  round's user will see); null without segmentation masks. unique: distinct patches among the
+  prototypes of that push (revision can drive several prototypes onto one patch).
+
+With `final_mask`, the user is consulted on the last push and the prototypes still rejected are
+masked, then the last layer is fine-tuned. The authors' code deletes them instead; masking is
+equivalent for inference (a masked prototype adds exactly 0 to every logit) and keeps prototype
+indices, antitypes.json and the push pictures valid.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+from protocli.console import info
+from protocli.errors import BadInput
+from protocli.files import atomic_write_json
+
+USERS = ("simulated", "tui")
+ENCODER_KEYS = ("features.", "add_on.", "prototypes")
+
+
+def push_is_current(model, push_dir: Path | None) -> bool:
+    """True when the push's weights hold this model's prototypes and encoder (so a push would repeat it)."""
+    from safetensors import safe_open
+
+    if push_dir is None or not (push_dir / "model.safetensors").exists():
+        return False
+    state = model.state_dict()
+    with safe_open(str(push_dir / "model.safetensors"), framework="pt") as fh:
+        for k in fh.keys():
+            if k.startswith(ENCODER_KEYS) and not k.endswith("num_batches_tracked"):
+                if not torch.equal(fh.get_tensor(k), state[k].detach().cpu()):
+                    return False
+    return True
+
+
+def ensure_push(run, model, cub, ztr, ytr, device) -> Path:
+    """The latest push if it is current, else a new push stage."""
+    from protocli.push import push_model
+
+    latest = run.latest_push()
+    if push_is_current(model, latest):
+        return latest
+    push_model(run, model, cub, ztr, ytr, device)
+    return run.latest_push()
+
+
+def consult(run, cub, user: str, criterion: str, graphics: str) -> dict:
+    """Ask the user about the latest push -> {push, non_object, clicks, decisions, antitypes}."""
+    from protocli import antitypes as atmod
+    from protocli.files import read_json
+    from protocli.simulate import carry_candidates, pushed_vectors, simulate
+
+    if user == "simulated":
+        r = simulate(run, criterion=criterion, cub=cub)
+        return {
+            "push": r["push"],
+            "non_object": r["rejected"],
+            "clicks": r["clicks"],
+            "decisions": r["decisions"],
+            "antitypes": r["antitypes"],
+        }
+    from protocli.review import review
+
+    push_dir = run.require_push()
+    vectors = pushed_vectors(push_dir)
+    doc = read_json(push_dir / "prototypes.json", "push file")
+    known = run.pushes()
+    before = atmod.load(run.antitypes_path, len(vectors), vectors.shape[1], known)
+    _, carried = carry_candidates(before, run, doc)
+    already = before.decided(push_dir.name) if before.push == push_dir.name else {}
+    review(run.path, graphics=graphics)  # blocks until the person quits
+    after = atmod.load(run.antitypes_path, len(vectors), vectors.shape[1], known)
+    now = after.decided(push_dir.name)
+    old = {**carried, **already}
+    new = {j: v for j, v in now.items() if old.get(j) != v}
+    return {
+        "push": push_dir.name,
+        "non_object": len(after.rejected(push_dir.name)),
+        "clicks": sum(v == "reject" for v in new.values()),
+        "decisions": len(new),
+        "antitypes": len(after.antitypes),
+    }
+
+
+def object_counts(run, cub, criterion: str, model) -> dict:
+    """Latest push: non-object (criterion) and overlap >= .75 over active prototypes (None without masks),
+    and the number of distinct patches (several prototypes may share one)."""
+    from protocli.files import read_json
+    from protocli.simulate import push_object_stats, summarize
+
+    push = run.latest_push()
+    if push is None:
+        return {"non_object_after": None, "overlap_ge_75": None, "unique": None}
+    if not cub.has_masks:
+        doc = read_json(push / "prototypes.json", "push file")
+        out = {"non_object_after": None, "overlap_ge_75": None}
+    else:
+        stats = push_object_stats(run, cub, push)
+        doc = stats["doc"]
+        s = summarize(stats, active=model.prototype_mask.detach().cpu() > 0)
+        out = {"non_object_after": s[f"non_object_{criterion}"], "overlap_ge_75": s["overlap_ge_75"]}
+    out["unique"] = sum(p.get("duplicate_of") is None for p in doc["prototypes"])
+    return out
+
+
+def _row(
+    round_, consulted: dict | None, before_ft, after_ft, train_acc, counts: dict, seconds: float
+) -> dict:
+    c = consulted or {}
+    return {
+        "round": round_,
+        "non_object": c.get("non_object"),
+        "clicks": c.get("clicks", 0),
+        "decisions": c.get("decisions", 0),
+        "antitypes": c.get("antitypes"),
+        "accuracy_before_ft": before_ft,
+        "accuracy_after_ft": after_ft,
+        "train_accuracy": train_acc,
+        "non_object_after": counts["non_object_after"],
+        "overlap_ge_75": counts["overlap_ge_75"],
+        "unique": counts["unique"],
+        "seconds": round(seconds, 2),
+    }
+
+
+def rounds_run(
+    run_dir: Path,
+    n_rounds: int = 5,
+    user: str = "simulated",
+    epochs: int = 30,
+    criterion: str = "box",
+    final_mask: bool = False,
+    graphics: str = "auto",
+    out: Path | None = None,
+    device=None,
+    generator: torch.Generator | None = None,
+    cfg=None,
+) -> dict:
+    """Alg. 1 on a run (or on a fork at `out`). `cfg` (a ReviseConfig) sets everything but the epochs."""
+    from protocli.cache import latents, min_distances
+    from protocli.mask import mask_model
+    from protocli.revise import ReviseConfig, antitype_matrix, revise_model
+    from protocli.run import Run
+    from protocli.train import accuracy_from_min_d
+
+    if user not in USERS:
+        raise BadInput(f"--user {user}: expected simulated or tui")
+    if criterion not in ("box", "cell"):
+        raise BadInput(f"--criterion {criterion}: expected box or cell")
+    if n_rounds < 1:
+        raise BadInput(f"--rounds {n_rounds}: must be at least 1")
+    cfg = replace(cfg or ReviseConfig(), epochs=epochs)
+    cfg.check()
+    device = device or torch.device("cpu")
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    t_all = time.perf_counter()
+    run = Run.open(run_dir)
+    cub = run.cub()
+    if user == "simulated" and not cub.has_masks:
+        raise BadInput(
+            "--user simulated needs segmentation masks and this dataset has none "
+            "(no segmentations/ folder); use --user tui",
+            run.data_root,
+        )
+    source = str(run.path)
+    if out is not None:
+        run = run.fork(out)
+    model = run.load_model(device)
+    ztr, ytr = latents(model, cub, "train", crop=run.crop, cache_dir=run.cache_dir, device=device)
+    zte, yte = latents(model, cub, "test", crop=run.crop, cache_dir=run.cache_dir, device=device)
+
+    def accuracies() -> tuple[float, float]:
+        return (
+            accuracy_from_min_d(model, min_distances(model, zte, device), yte),
+            accuracy_from_min_d(model, min_distances(model, ztr, device), ytr),
+        )
+
+    doc = {
+        "version": 1,
+        "run": str(run.path),
+        "user": user,
+        "criterion": criterion,
+        "status": "running",
+        "config": asdict(cfg),
+        "data": "revision on cached latents of the unaugmented training images",
+        "rounds": [],
+    }
+    if out is not None:
+        doc["forked_from"] = source
+    table = run.path / "rounds.json"
+    t0 = time.perf_counter()
+    ensure_push(run, model, cub, ztr, ytr, device)
+    acc, tr_acc = accuracies()
+    doc["rounds"].append(
+        _row(0, None, None, acc, tr_acc, object_counts(run, cub, criterion, model), time.perf_counter() - t0)
+    )
+    atomic_write_json(table, doc)
+    consulted_last = False
+    for r in range(1, n_rounds + 1):
+        t0 = time.perf_counter()
+        ensure_push(run, model, cub, ztr, ytr, device)
+        c = consult(run, cub, user, criterion, graphics)
+        consulted_last = True
+        info(
+            f"round {r}: {c['non_object']} non-object prototypes on {c['push']} ({c['clicks']} new), "
+            f"{c['antitypes']} antitypes"
+        )
+        if c["non_object"] == 0:
+            acc, tr_acc = accuracies()
+            doc["rounds"].append(
+                _row(
+                    r,
+                    c,
+                    None,
+                    acc,
+                    tr_acc,
+                    object_counts(run, cub, criterion, model),
+                    time.perf_counter() - t0,
+                )
+            )
+            doc["status"] = "converged"
+            atomic_write_json(table, doc)
+            break
+        q = antitype_matrix(run, None, model.num_prototypes, model.cfg.proto_dim)
+        res = revise_model(run, model, cub, q, cfg, device, generator)
+        consulted_last = False
+        doc["rounds"].append(
+            _row(
+                r,
+                c,
+                res["accuracy_pushed"],
+                res["accuracy_after"],
+                res["train_accuracy"],
+                object_counts(run, cub, criterion, model),
+                time.perf_counter() - t0,
+            )
+        )
+        atomic_write_json(table, doc)
+
+    if final_mask:
+        if not consulted_last:
+            c = consult(run, cub, user, criterion, graphics)
+            doc["final_consult"] = c
+        from protocli.mask import rejected_on_latest_push
+
+        rejected, _ = rejected_on_latest_push(run, None, model.num_prototypes, model.cfg.proto_dim)
+        m = mask_model(
+            run,
+            model,
+            cub,
+            rejected,
+            last_epochs=cfg.last_epochs,
+            lr_last=cfg.lr_last,
+            device=device,
+            generator=generator,
+        )
+        doc["final_mask"] = {
+            k: m[k]
+            for k in (
+                "stage",
+                "masked",
+                "masked_prototypes",
+                "active_prototypes",
+                "accuracy_before",
+                "accuracy_masked",
+                "accuracy_after",
+                "train_accuracy_after",
+            )
+        }
+        doc["final_mask"].update(object_counts(run, cub, criterion, model))
+    rows = doc["rounds"]
+    done = [x for x in rows[1:] if x["accuracy_before_ft"] is not None]
+    final = rows[-1]
+    doc["summary"] = {
+        "rounds_run": len(rows) - 1,
+        "revisions": len(done),
+        "non_object_start": rows[0]["non_object_after"],
+        "non_object_end": final["non_object_after"],
+        "overlap_ge_75_start": rows[0]["overlap_ge_75"],
+        "overlap_ge_75_end": final["overlap_ge_75"],
+        "unique_start": rows[0]["unique"],
+        "unique_end": final["unique"],
+        "accuracy_start": rows[0]["accuracy_after_ft"],
+        "accuracy_end": final["accuracy_after_ft"],
+        "train_accuracy_start": rows[0]["train_accuracy"],
+        "train_accuracy_end": final["train_accuracy"],
+        "clicks": sum(x["clicks"] for x in rows) + doc.get("final_consult", {}).get("clicks", 0),
+        "antitypes": max((x["antitypes"] or 0) for x in rows),
+        "prototypes": model.num_prototypes,
+        "seconds": round(time.perf_counter() - t_all, 1),
+    }
+    if doc["status"] == "running":
+        doc["status"] = "done"
+    atomic_write_json(table, doc)
+    doc["table"] = str(table)
+    return doc

@@ -1,0 +1,169 @@
+"""`protocli simulate`: run (latest push) + segmentation masks -> decisions in antitypes.json, by "simulated".
+
+The simulated user stands in for a person so that revision can be measured. A prototype is
+non-object when its patch does not touch the object, by one of two criteria (DESIGN.md):
+- `box`: its 95th-percentile box has zero overlap with the object mask (the paper's text);
+- `cell`: the mask, area-downsampled to the latent grid, is 0 at its cell (the authors' code).
+It rejects the non-object prototypes of the latest push, accepts the rest, and records each reject
+with the pushed vector (the push stage's weights), so the vector joins the antitype set Q.
+
+Decisions of an earlier push are first carried over where a prototype still sits on the same patch
+(`antitypes.carry_over`); those are not new decisions and do not count as clicks. A click is a new
+reject: a person presses a key to reject and leaves the good prototypes alone, which is how the
+paper's "about 350 clicks" (for about 200 + 77 + ... rejects) add up. `decisions` counts every new
+verdict, accepts included.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from protocli import antitypes as atmod
+from protocli.errors import BadInput
+from protocli.files import read_json
+
+CRITERIA = ("box", "cell")
+
+
+def pushed_vectors(push_dir: Path) -> torch.Tensor:
+    """The prototype vectors a push stage saved (P, D) float32: the latent vectors they were pushed to."""
+    from safetensors import safe_open
+
+    path = Path(push_dir) / "model.safetensors"
+    if not path.exists():
+        raise BadInput("weights of the push not found", path)
+    with safe_open(str(path), framework="pt") as fh:
+        return fh.get_tensor("prototypes").float()
+
+
+def push_object_stats(run, cub, push_dir: Path | None = None) -> dict:
+    """Per-prototype object statistics of a push (default: the latest): overlap, box/cell flags.
+
+    Returns the push document too, so callers do not read it twice. Needs a dataset with masks.
+    """
+    from protocli.cache import masks
+    from protocli.evaluate import object_stats
+
+    push_dir = Path(push_dir) if push_dir is not None else run.require_push()
+    if not cub.has_masks:
+        raise BadInput(
+            "the simulated user needs segmentation masks and this dataset has none "
+            "(no segmentations/ folder); review the prototypes yourself: protocli review RUN",
+            run.data_root,
+        )
+    doc = read_json(push_dir / "prototypes.json", "push file")
+    m = masks(
+        cub, "train", size=int(doc["img_size"]), crop=bool(doc.get("crop", run.crop)), cache_dir=run.cache_dir
+    )
+    stats = object_stats(doc, m)
+    stats["doc"] = doc
+    return stats
+
+
+def summarize(stats: dict, active: torch.Tensor | None = None) -> dict:
+    """Counts from `push_object_stats`: non-object under both criteria, overlap >= 0.75, mean overlap."""
+    keep = torch.ones_like(stats["box"]) if active is None else active.bool()
+    ov = stats["overlap"][keep]
+    return {
+        "non_object_box": int((stats["box"] & keep).sum()),
+        "non_object_cell": int((stats["cell"] & keep).sum()),
+        "overlap_ge_75": int((ov >= 0.75).sum()),
+        "mean_overlap": round(float(ov.mean()), 4) if len(ov) else 0.0,
+    }
+
+
+def carry_candidates(ants: atmod.Antitypes, run, doc: dict) -> tuple[dict | None, dict[int, str]]:
+    """Which decisions `carry_over` would copy onto push `doc`: (old push document, {prototype: verdict})."""
+    if ants.push is None or ants.push == doc["push"]:
+        return None, {}
+    old_path = run.path / "stages" / ants.push / "prototypes.json"
+    if not old_path.exists():
+        return None, {}
+    old = read_json(old_path, "push file")
+    before = {p["prototype"]: (p["image"], list(p["cell"])) for p in old["prototypes"]}
+    verdicts = ants.decided(ants.push)
+    same = {
+        p["prototype"]
+        for p in doc["prototypes"]
+        if before.get(p["prototype"]) == (p["image"], list(p["cell"]))
+    }
+    return old, {j: v for j, v in verdicts.items() if j in same}
+
+
+def load_antitypes(run, path: Path | None, num_prototypes: int, dim: int) -> tuple[atmod.Antitypes, Path]:
+    path = Path(path) if path is not None else run.antitypes_path
+    return atmod.load(path, num_prototypes=num_prototypes, dim=dim, known_pushes=run.pushes()), path
+
+
+def simulate(run, criterion: str = "box", antitypes: Path | None = None, cub=None) -> dict:
+    """Decide every prototype of the run's latest push with the simulated user; save antitypes.json."""
+    if criterion not in CRITERIA:
+        raise BadInput(f"--criterion {criterion}: expected box or cell")
+    push_dir = run.require_push()
+    cub = cub if cub is not None else run.cub()
+    stats = push_object_stats(run, cub, push_dir)
+    doc = stats["doc"]
+    push = doc.get("push", push_dir.name)
+    vectors = pushed_vectors(push_dir)
+    P, D = vectors.shape
+    if len(doc["prototypes"]) != P:
+        raise BadInput(f"{len(doc['prototypes'])} prototypes but {P} vectors", push_dir / "prototypes.json")
+    ants, path = load_antitypes(run, antitypes, P, D)
+    if ants.push is not None and atmod.push_key(ants.push) > atmod.push_key(push):
+        raise BadInput(
+            f"antitypes file is on push {ants.push}, newer than the run's latest push {push}", path
+        )
+
+    old, eligible = carry_candidates(ants, run, doc)
+    carried = atmod.carry_over(ants, old, doc, new_vectors=vectors.numpy()) if old is not None else 0
+    ants.push = push
+    q_before = len(ants.antitypes)
+    flags = stats[criterion]
+    current = ants.decided(push)
+    new_rejects = new_accepts = 0
+    # One bookkeeping step per prototype (JSON records); every number above was computed batched.
+    for p in doc["prototypes"]:
+        j = p["prototype"]
+        verdict = "reject" if bool(flags[j]) else "accept"
+        if current.get(j) == verdict:
+            continue  # carried over from the previous push, or decided the same way before
+        ants.decide(
+            j,
+            verdict,
+            "simulated",
+            push,
+            vector=vectors[j].numpy() if verdict == "reject" else None,
+            cls=p["class"],
+            image=p["image"],
+            box=p["box"],
+        )
+        new_rejects += verdict == "reject"
+        new_accepts += verdict == "accept"
+    atmod.save(ants, path)
+    rejected = ants.rejected(push)
+    return {
+        "run": str(run.path),
+        "push": push,
+        "criterion": criterion,
+        "prototypes": P,
+        "rejected": len(rejected),
+        "accepted": len(ants.accepted(push)),
+        **summarize(stats),
+        "carried_over": carried,
+        "carried_rejects": sum(v == "reject" for v in eligible.values()),
+        "decisions": new_rejects + new_accepts,
+        "clicks": new_rejects,
+        "antitypes": len(ants.antitypes),
+        "antitypes_added": len(ants.antitypes) - q_before,
+        "antitypes_file": str(path),
+        "rejected_prototypes": rejected,
+    }
+
+
+def simulate_run(run_dir: Path, criterion: str = "box", antitypes: Path | None = None) -> dict:
+    """Open a run and let the simulated user decide its latest push (see `simulate`)."""
+    from protocli.run import Run
+
+    return simulate(Run.open(run_dir), criterion=criterion, antitypes=antitypes)

@@ -1,0 +1,149 @@
+"""Alg. 1: rounds lower the non-object count on synthetic data, reuse an unchanged push, write
+rounds.json after every round, count clicks without carried-over decisions, call the review TUI
+for --user tui, and mask what is still rejected with --final-mask."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from protocli import antitypes as atmod
+from protocli.errors import BadInput
+from protocli.revise import ReviseConfig
+from protocli.rounds import push_is_current, rounds_run
+from protocli.run import Run
+
+FAST = ReviseConfig(last_epochs=2, batch_size=8)
+ROW_KEYS = {
+    "round",
+    "non_object",
+    "clicks",
+    "decisions",
+    "antitypes",
+    "accuracy_before_ft",
+    "accuracy_after_ft",
+    "train_accuracy",
+    "non_object_after",
+    "overlap_ge_75",
+    "unique",
+    "seconds",
+}
+
+
+@pytest.fixture(scope="session")
+def rounds_base(tmp_path_factory):
+    """A slightly bigger synthetic set (48 px: a 6x6 grid) and a baseline with several non-object prototypes."""
+    from protocli.data.synth import synth
+    from protocli.train import TrainConfig, train_run
+
+    root = tmp_path_factory.mktemp("rounds")
+    synth(root / "data", classes=4, train_per_class=12, test_per_class=4, size=48, seed=1)
+    cfg = TrainConfig(
+        backbone="tiny",
+        img_size=48,
+        prototypes_per_class=4,
+        proto_dim=16,
+        warm_epochs=1,
+        joint_epochs=2,
+        last_epochs=5,
+        batch_size=16,
+        workers=0,
+        seed=0,
+    )
+    train_run(root / "data", root / "base", cfg, device=torch.device("cpu"))
+    return root / "base"
+
+
+def test_rounds_lower_the_non_object_count(rounds_base, tmp_path):
+    res = rounds_run(
+        rounds_base,
+        n_rounds=3,
+        epochs=10,
+        criterion="cell",
+        out=tmp_path / "r",
+        generator=torch.Generator().manual_seed(0),
+        cfg=FAST,
+    )
+    rows = res["rounds"]
+    start, end = rows[0]["non_object_after"], rows[-1]["non_object_after"]
+    assert start >= 3, "the baseline should have non-object prototypes to revise"
+    assert end < start
+    assert res["summary"]["non_object_start"] == start and res["summary"]["non_object_end"] == end
+    # Q only grows, and a round's non-object count is what the previous round left
+    qs = [r["antitypes"] for r in rows[1:]]
+    assert qs == sorted(qs)
+    for prev, row in zip(rows[:-1], rows[1:], strict=True):
+        assert row["non_object"] == prev["non_object_after"]
+    assert json.loads((tmp_path / "r" / "rounds.json").read_text())["rounds"] == rows
+
+
+def test_rounds_table_and_stages(tiny_run):
+    res = rounds_run(tiny_run, n_rounds=2, epochs=2, criterion="box", cfg=FAST)
+    rows = res["rounds"]
+    assert all(set(r) == ROW_KEYS for r in rows)
+    assert rows[0]["round"] == 0 and rows[0]["clicks"] == 0
+    assert rows[1]["clicks"] == rows[1]["non_object"] > 0  # round 1: every reject is new
+    run = Run.open(tiny_run)
+    kinds = [s["kind"] for s in run.stage_log()]
+    # the baseline's push is reused; then revise -> push -> last per round that revised
+    revised = sum(r["accuracy_before_ft"] is not None for r in rows[1:])
+    assert kinds[3:] == ["revise", "push", "last"] * revised
+    assert res["summary"]["clicks"] == sum(r["clicks"] for r in rows)
+    doc = json.loads((tiny_run / "rounds.json").read_text())
+    assert doc["status"] in ("done", "converged") and doc["summary"] == res["summary"]
+
+
+def test_push_is_reused_only_when_nothing_changed(tiny_run):
+    run = Run.open(tiny_run)
+    model = run.load_model()
+    assert push_is_current(model, run.latest_push())
+    with torch.no_grad():
+        model.prototypes[0, 0] += 0.01
+    assert not push_is_current(model, run.latest_push())
+
+
+def test_tui_user_is_consulted_and_clicks_counted(tiny_run, monkeypatch):
+    from protocli import review as review_pkg
+    from protocli.simulate import pushed_vectors
+
+    calls = []
+
+    def fake_review(run_dir, graphics="auto", push=None):
+        """A person who rejects prototype 0 on the first push they see, and nothing afterwards."""
+        run = Run.open(run_dir)
+        p = run.latest_push()
+        calls.append((p.name, graphics))
+        ants = atmod.load(run.antitypes_path)
+        if len(calls) == 1:
+            ants.decide(0, "reject", "user", p.name, vector=pushed_vectors(p)[0].numpy())
+        ants.push = p.name
+        atmod.save(ants, run.antitypes_path)
+        return {}
+
+    monkeypatch.setattr(review_pkg, "review", fake_review)
+    res = rounds_run(tiny_run, n_rounds=3, user="tui", epochs=1, graphics="halfcell", cfg=FAST)
+    rows = res["rounds"]
+    assert calls[0][1] == "halfcell" and len(calls) == 2
+    assert rows[1]["non_object"] == 1 and rows[1]["clicks"] == 1 and rows[1]["antitypes"] == 1
+    assert rows[2]["non_object"] == 0 and rows[2]["clicks"] == 0  # the person found nothing: stop
+    assert res["status"] == "converged" and len(rows) == 3
+
+
+def test_final_mask_masks_what_is_still_rejected(tiny_run):
+    res = rounds_run(tiny_run, n_rounds=1, epochs=1, criterion="box", final_mask=True, cfg=FAST)
+    fm = res["final_mask"]
+    run = Run.open(tiny_run)
+    assert run.stage_log()[-1]["kind"] == "mask"
+    ants = atmod.load(run.antitypes_path)
+    assert sorted(fm["masked_prototypes"]) == ants.rejected(run.latest_push().name)
+    mask = run.load_model().prototype_mask
+    assert int((mask == 0).sum()) == fm["masked"] and fm["non_object_after"] == 0
+
+
+def test_bad_arguments(tiny_run):
+    with pytest.raises(BadInput):
+        rounds_run(tiny_run, n_rounds=0)
+    with pytest.raises(BadInput):
+        rounds_run(tiny_run, user="robot")
