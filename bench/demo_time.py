@@ -25,24 +25,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import cpu_name  # noqa: E402  (bench/ is on sys.path when this script runs)
+
 RESULTS = Path(__file__).parent / "RESULTS.md"
 SECTION = "## protocli demo: wall time"
 HEADER = ("| date | machine | cores | load at start | device | wall s | CPU s | baseline test | masking test "
           "| revision test | steps s |")
 INTRO = ("Appended by `bench/demo_time.py`: `protocli demo` from an empty folder, in a child process "
          "(start-up and imports included). Budget: 300 s on a 2-core CPU.")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown cpu"
 
 
 def record(row: list[str]) -> None:
