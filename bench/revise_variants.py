@@ -24,6 +24,9 @@ from pathlib import Path
 
 import torch
 
+# Use the checkout this script lives in, whatever `protocli` the environment has installed.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 # The authors' code (l2, max, prototypes Adam 1e-3, no Clst/Sep), spelled out so that a change of the
 # ReviseConfig defaults does not change what a variant name means.
 AUTHORS = {
@@ -211,17 +214,22 @@ def run_masking(base: Path, dest: Path, criterion: str, seed: int) -> dict:
     }
 
 
-def speed(base: Path, epochs: int = 5, threads: tuple[int, ...] = (1, 2)) -> list[dict]:
+def speed(
+    base: Path, backbones: tuple[str, ...] = ("tiny",), epochs: int = 10, threads: tuple[int, ...] = (1, 2)
+) -> list[dict]:
     """Seconds per revision epoch (cached latents) vs per joint epoch through the backbone, same images.
 
     Both at the same torch thread count, fastest of several epochs (the machine may be shared; on a
-    busy 2-core machine one thread is often faster for the small matmuls of a revision epoch).
+    busy 2-core machine one thread is often faster for the small matmuls of a revision epoch). The
+    baseline's own backbone uses its trained weights; any other backbone is built with random
+    weights and the baseline's model config (timing does not depend on the weights).
     """
     from torch.utils.data import DataLoader
 
     from protocli.cache import latents
     from protocli.data.cub import ImageSet
     from protocli.data.transforms import train_transform
+    from protocli.model import ModelConfig, build_model
     from protocli.revise import ReviseConfig, revise_prototypes
     from protocli.run import Run
     from protocli.train import TrainConfig, make_optimizers, set_phase, train_epoch
@@ -230,7 +238,6 @@ def speed(base: Path, epochs: int = 5, threads: tuple[int, ...] = (1, 2)) -> lis
     dev = torch.device("cpu")
     cub = run.cub()
     tcfg = TrainConfig(**run.manifest["train"])
-    z, y = latents(run.load_model(dev), cub, "train", crop=run.crop, cache_dir=run.cache_dir, device=dev)
     loader = DataLoader(
         ImageSet(cub, "train", train_transform(tcfg.img_size), crop=run.crop),
         batch_size=tcfg.batch_size,
@@ -239,33 +246,49 @@ def speed(base: Path, epochs: int = 5, threads: tuple[int, ...] = (1, 2)) -> lis
     )
     rows = []
     before = torch.get_num_threads()
-    for th in threads:
-        torch.set_num_threads(th)
-        model = run.load_model(dev)
-        q = model.prototypes.detach()[:10].clone()
-        cfg = ReviseConfig(epochs=epochs + 1)  # revise's own default batch size, as `protocli revise` runs
-        hist = revise_prototypes(model, z, y, q, cfg, torch.Generator().manual_seed(0))
-        rev = min(h["seconds"] for h in hist[1:])  # the first epoch is warm-up
-        model = run.load_model(dev)
-        _, joint, _ = make_optimizers(model, tcfg)
-        set_phase(model, "joint")
-        times = []
-        for _ in range(2):
-            t0 = time.perf_counter()
-            train_epoch(model, loader, joint, tcfg.coefs(), dev, amp=False, channels_last=False, desc="joint")
-            times.append(time.perf_counter() - t0)
-        bb = min(times)
-        rows.append(
-            {
-                "threads": th,
-                "images": len(y),
-                "batch_size": tcfg.batch_size,
-                "revise_batch_size": cfg.batch_size,
-                "revise_epoch_s": round(rev, 4),
-                "backbone_epoch_s": round(bb, 3),
-                "ratio": round(bb / rev, 1),
-            }
-        )
+    for name in backbones:
+        own = name == run.manifest["model"]["backbone"]
+
+        def fresh(name=name, own=own):
+            if own:
+                return run.load_model(dev)
+            return build_model(ModelConfig.from_dict({**run.manifest["model"], "backbone": name}), seed=0)
+
+        cache = run.cache_dir if own else None
+        z, y = latents(fresh(), cub, "train", crop=run.crop, cache_dir=cache, device=dev, workers=0)
+        for th in threads:
+            torch.set_num_threads(th)
+            model = fresh()
+            q = model.prototypes.detach()[:10].clone()
+            cfg = ReviseConfig(
+                epochs=epochs + 1
+            )  # revise's own default batch size, as `protocli revise` runs
+            hist = revise_prototypes(model, z, y, q, cfg, torch.Generator().manual_seed(0))
+            rev = min(h["seconds"] for h in hist[1:])  # the first epoch is warm-up
+            model = fresh()
+            _, joint, _ = make_optimizers(model, tcfg)
+            set_phase(model, "joint")
+            times = []
+            for _ in range(3 if own else 2):
+                t0 = time.perf_counter()
+                train_epoch(
+                    model, loader, joint, tcfg.coefs(), dev, amp=False, channels_last=False, desc="joint"
+                )
+                times.append(time.perf_counter() - t0)
+            bb = min(times)
+            rows.append(
+                {
+                    "backbone": name,
+                    "grid": list(z.shape[2:]),
+                    "threads": th,
+                    "images": len(y),
+                    "batch_size": tcfg.batch_size,
+                    "revise_batch_size": cfg.batch_size,
+                    "revise_epoch_s": round(rev, 4),
+                    "backbone_epoch_s": round(bb, 3),
+                    "ratio": round(bb / rev, 1),
+                }
+            )
     torch.set_num_threads(before)
     return rows
 
@@ -303,6 +326,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--criterion", default="box", choices=("box", "cell"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--speed", action="store_true", help="Also time revise vs backbone epochs.")
+    ap.add_argument(
+        "--speed-backbones",
+        default="tiny,resnet18@layer3",
+        help="Backbones to time with --speed (the baseline's own, then random-weight others).",
+    )
     ap.add_argument("--no-masking", action="store_true")
     ap.add_argument(
         "--pretrain",
@@ -351,17 +379,18 @@ def main(argv: list[str] | None = None) -> None:
         "threads": torch.get_num_threads(),
     }
     if a.speed:
-        doc["speed"] = speed(base)
+        doc["speed"] = speed(base, tuple(a.speed_backbones.split(",")))
     md = table(results, baseline, masking, ev["prototypes"])
     if a.speed:
         md += (
-            "\n| torch threads | images | revise epoch (cached latents, batch) s | joint epoch (backbone, "
-            "batch) s | ratio |\n|---|---|---|---|---|\n"
+            "\n| backbone (grid) | torch threads | images | revise epoch (cached latents, batch) s "
+            "| joint epoch (backbone, batch) s | ratio |\n|---|---|---|---|---|---|\n"
         )
         for s in doc["speed"]:
             md += (
-                f"| {s['threads']} | {s['images']} | {s['revise_epoch_s']} ({s['revise_batch_size']}) | "
-                f"{s['backbone_epoch_s']} ({s['batch_size']}) | {s['ratio']}x |\n"
+                f"| {s['backbone']} ({s['grid'][0]}x{s['grid'][1]}) | {s['threads']} | {s['images']} | "
+                f"{s['revise_epoch_s']} ({s['revise_batch_size']}) | {s['backbone_epoch_s']} ({s['batch_size']}) "
+                f"| {s['ratio']}x |\n"
             )
     stem = "variants" if a.seed == 0 else f"variants-seed{a.seed}"
     (a.out / f"{stem}.json").write_text(json.dumps(doc, indent=1, default=str))

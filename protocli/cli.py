@@ -371,7 +371,11 @@ def rounds(
     def show(result):
         from protocli.console import print_table
 
-        print_table("rounds", result.get("rounds", []))
+        # A subset that fits an 80-column terminal; --json and RUN/rounds.json hold every column.
+        cols = ["round", "non_object", "clicks", "antitypes", "accuracy_before_ft", "accuracy_after_ft",
+                "overlap_ge_75"]
+        rows = result.get("rounds", [])
+        print_table("rounds", rows, [c for c in cols if rows and c in rows[0]])
 
     _execute(go, as_json, quiet, show)
 
