@@ -61,24 +61,8 @@ VARIANTS: dict[str, tuple[dict, int]] = {
     "squared-mean-lr3e-2-10ep": _v(10, **SQ_MEAN, lr_prototypes=3e-2),
     "squared-mean-lr3e-2-100ep": _v(100, **SQ_MEAN, lr_prototypes=3e-2),
 }
-BASELINE = [
-    "--backbone",
-    "tiny",
-    "--img-size",
-    "96",
-    "--prototypes-per-class",
-    "10",
-    "--warm-epochs",
-    "2",
-    "--joint-epochs",
-    "8",
-    "--last-epochs",
-    "20",
-    "--batch-size",
-    "32",
-    "--device",
-    "cpu",
-]
+# The baseline is `protocli train DATA --backbone tiny`: the tiny recipe (protocli/recipes.py).
+BASELINE = ["--backbone", "tiny", "--device", "cpu"]
 
 
 def protocli(*args: str) -> None:
@@ -91,61 +75,10 @@ def protocli(*args: str) -> None:
         sys.exit(f"protocli {' '.join(args)} failed ({res.exit_code}): {res.output[-2000:]}")
 
 
-def pretrain_backbone(out: Path, epochs: int = 8, seed: int = 1) -> Path:
-    """The stand-in for ImageNet pretraining: the `tiny` backbone trained as a plain classifier (global max
-    pool + linear, Adam 2e-3, flips) on a separate synthetic set without the confounder (random
-    backgrounds, seed 1: other images). Returns the safetensors file of the backbone's weights.
-
-    Why: the paper starts from an ImageNet ResNet34 that already encodes objects; a from-scratch
-    ProtoPNet on the confounded set learns only the background, and a frozen encoder cannot later
-    learn what it never learned (DESIGN.md), so revision would have nothing to move the prototypes to.
-    """
-    from safetensors.torch import save_file
-    from torch import nn
-
-    from protocli.backbones import build_backbone
-    from protocli.data.cub import ImageSet, open_cub
-    from protocli.data.transforms import eval_transform
-
-    path = out / "tiny-pretrained.safetensors"
-    if path.exists():
-        return path
-    data = out / "pretrain-data"
-    if not (data / "images.txt").exists():
-        protocli("data", "synth", str(data), "--confound", "0.125", "--seed", str(seed), "--quiet")
-    cub = open_cub(data)
-    ds = ImageSet(cub, "train", eval_transform(96))
-    x = torch.stack([ds[i][0] for i in range(len(ds))])
-    y = torch.tensor([ds[i][1] for i in range(len(ds))])
-    torch.manual_seed(seed)
-    features, ch = build_backbone("tiny")
-    net = nn.Sequential(features, nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(ch, len(cub.classes)))
-    opt = torch.optim.Adam(net.parameters(), 2e-3)
-    for _ in range(epochs):
-        perm = torch.randperm(len(y))
-        for b in range(0, len(y), 32):
-            idx = perm[b : b + 32]
-            xb = x[idx].clone()
-            flip = torch.rand(len(idx)) < 0.5
-            xb[flip] = xb[flip].flip(-1)
-            loss = nn.functional.cross_entropy(net(xb), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    net.eval()
-    with torch.no_grad():
-        acc = float((net(x).argmax(1) == y).float().mean())
-    print(f"pretrained tiny backbone: train accuracy {acc:.3f} on the unconfounded set", file=sys.stderr)
-    save_file({k: v.contiguous() for k, v in features.state_dict().items()}, str(path))
-    return path
-
-
-def prepare(out: Path, train_args: list[str], pretrain: bool) -> tuple[Path, Path]:
+def prepare(out: Path, train_args: list[str]) -> tuple[Path, Path]:
     data, base = out / "data", out / "base"
     if not (data / "images.txt").exists():
         protocli("data", "synth", str(data), "--quiet")
-    if pretrain and "--weights" not in train_args:
-        train_args = [*train_args, "--weights", str(pretrain_backbone(out))]
     if not (base / "manifest.json").exists() or not any(
         s["kind"] == "last" for s in json.loads((base / "manifest.json").read_text())["stages"]
     ):
@@ -333,11 +266,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--no-masking", action="store_true")
     ap.add_argument(
-        "--pretrain",
-        action="store_true",
-        help="Start the baseline's backbone from a tiny CNN pretrained on an unconfounded synthetic set.",
-    )
-    ap.add_argument(
         "--train-args", default=" ".join(BASELINE), help="Arguments of `protocli train` for the baseline."
     )
     a = ap.parse_args(argv)
@@ -348,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
 
     QUIET["on"] = True
     a.out.mkdir(parents=True, exist_ok=True)
-    _, base = prepare(a.out, a.train_args.split(), a.pretrain)
+    _, base = prepare(a.out, a.train_args.split())
     ev = evaluate_run(base, criterion=a.criterion, apr=False)
     baseline = {
         "unique": Run.open(base).stage_log("push")[-1].get("unique"),

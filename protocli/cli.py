@@ -19,6 +19,8 @@ from typing import Any
 
 import typer
 
+from protocli.recipes import default_help as R
+
 app = typer.Typer(
     help="Train prototypical-part networks (ProtoPNet), review their prototypes in the terminal, "
     "and revise them so the model decides by the object (Gerstenberger et al.).",
@@ -117,7 +119,7 @@ def data_synth(
     test_per_class: int = typer.Option(20, help="Test images per class."),
     size: int = typer.Option(96, help="Image side in pixels."),
     confound: float = typer.Option(
-        0.9, help="Probability that a training image shows its class's own background (test: random)."
+        0.8, help="Probability that a training image shows its class's own background (test: random)."
     ),
     seed: int = typer.Option(0, help="Random seed; the same seed gives byte-identical files."),
     as_json: bool = JSON_OPT,
@@ -159,22 +161,29 @@ def train(
                                  "a ResNet cut early as e.g. resnet18@layer3."),
     pretrained: bool = typer.Option(False, help="Start the backbone from torchvision's ImageNet weights."),
     weights: Path | None = typer.Option(None, help="Backbone weights from a local file (.safetensors or .pth)."),
-    img_size: int = typer.Option(224, help="Input side in pixels (images are resized to a square)."),
+    recipe: str = typer.Option("auto", help="Defaults for the options marked [paper: .., tiny: ..]: paper (the "
+                               "original ProtoPNet baseline), tiny (from scratch on CPU), auto (tiny for the tiny "
+                               "backbone, else paper). Options you give win."),
+    img_size: int | None = typer.Option(None, help=f"Input side in pixels (images are resized to a square). {R('img_size')}"),
     prototypes_per_class: int = typer.Option(10, help="Prototypes per class."),
-    proto_dim: int = typer.Option(128, help="Latent and prototype dimension D."),
+    proto_dim: int | None = typer.Option(None, help=f"Latent and prototype dimension D. {R('proto_dim')}"),
     add_on: str = typer.Option("shallow", help="Add-on head: shallow or bottleneck."),
-    warm_epochs: int = typer.Option(5, help="Epochs with the backbone frozen (add-on and prototypes)."),
-    joint_epochs: int = typer.Option(20, help="Epochs training backbone, add-on and prototypes."),
-    last_epochs: int = typer.Option(100, help="Last-layer epochs after the push (on cached latents)."),
-    batch_size: int = typer.Option(80, help="Training batch size."),
-    lr_features: float = typer.Option(1e-4, help="Joint learning rate of the backbone."),
-    lr_add_on: float = typer.Option(3e-3, help="Learning rate of the add-on layers."),
-    lr_prototypes: float = typer.Option(3e-3, help="Learning rate of the prototypes."),
+    warm_epochs: int | None = typer.Option(
+        None, help=f"Epochs with the backbone frozen (add-on and prototypes). {R('warm_epochs')}"),
+    joint_epochs: int | None = typer.Option(
+        None, help=f"Epochs training backbone, add-on and prototypes. {R('joint_epochs')}"),
+    last_epochs: int | None = typer.Option(
+        None, help=f"Last-layer epochs after the push (on cached latents). {R('last_epochs')}"),
+    batch_size: int | None = typer.Option(None, help=f"Training batch size. {R('batch_size')}"),
+    lr_features: float | None = typer.Option(None, help=f"Joint learning rate of the backbone. {R('lr_features')}"),
+    lr_add_on: float | None = typer.Option(None, help=f"Learning rate of the add-on layers. {R('lr_add_on')}"),
+    lr_prototypes: float | None = typer.Option(None, help=f"Learning rate of the prototypes. {R('lr_prototypes')}"),
     lr_last: float = typer.Option(1e-4, help="Learning rate of the last layer."),
     weight_decay: float = typer.Option(1e-3, help="Weight decay of backbone and add-on."),
-    lr_step: int = typer.Option(5, help="Joint learning rates decay x0.1 every this many epochs."),
-    clst: float = typer.Option(0.8, help="Cluster cost coefficient."),
-    sep: float = typer.Option(0.08, help="Separation cost coefficient (subtracted)."),
+    lr_step: int | None = typer.Option(
+        None, help=f"Joint learning rates decay x0.1 every this many epochs. {R('lr_step')}"),
+    clst: float | None = typer.Option(None, help=f"Cluster cost coefficient. {R('clst')}"),
+    sep: float | None = typer.Option(None, help=f"Separation cost coefficient (subtracted). {R('sep')}"),
     l1: float = typer.Option(1e-4, help="L1 coefficient on wrong-class last-layer weights."),
     crop: bool = typer.Option(True, "--crop/--no-crop", help="Crop images to their bounding boxes."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Rotation/skew/shear/flip augmentation."),
@@ -191,11 +200,12 @@ def train(
     """Train the baseline ProtoPNet: warm -> joint -> push -> last layer."""
 
     def go():
+        from protocli.recipes import make_config
         from protocli.runtime import pick_device
-        from protocli.train import TrainConfig, train_run
+        from protocli.train import train_run
 
-        cfg = TrainConfig(
-            backbone=backbone, pretrained=pretrained, weights=str(weights) if weights else None,
+        cfg = make_config(
+            recipe, backbone=backbone, pretrained=pretrained, weights=str(weights) if weights else None,
             img_size=img_size, prototypes_per_class=prototypes_per_class, proto_dim=proto_dim, add_on=add_on,
             warm_epochs=warm_epochs, joint_epochs=joint_epochs, last_epochs=last_epochs, batch_size=batch_size,
             lr_features=lr_features, lr_add_on=lr_add_on, lr_prototypes=lr_prototypes, lr_last=lr_last,

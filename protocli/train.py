@@ -10,7 +10,7 @@ is a constant per image, so an epoch is one small matmul.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -21,41 +21,8 @@ from protocli import losses
 from protocli.console import info, progress_bar
 from protocli.errors import BadInput
 from protocli.files import append_jsonl
+from protocli.recipes import TrainConfig
 from protocli.runtime import autocast, default_workers, seed_everything
-
-
-@dataclass
-class TrainConfig:
-    backbone: str = "resnet34"
-    pretrained: bool = False
-    weights: str | None = None
-    img_size: int = 224
-    prototypes_per_class: int = 10
-    proto_dim: int = 128
-    add_on: str = "shallow"
-    warm_epochs: int = 5
-    joint_epochs: int = 20
-    last_epochs: int = 100
-    batch_size: int = 80
-    lr_features: float = 1e-4
-    lr_add_on: float = 3e-3
-    lr_prototypes: float = 3e-3
-    lr_last: float = 1e-4
-    weight_decay: float = 1e-3
-    lr_step: int = 5
-    clst: float = 0.8
-    sep: float = 0.08
-    l1: float = 1e-4
-    crop: bool = True
-    augment: bool = True
-    stop_after: str = "last"  # joint | push | last
-    amp: bool = True
-    channels_last: bool = True
-    workers: int | None = None
-    seed: int = 0
-
-    def coefs(self) -> dict:
-        return {"crs_ent": 1.0, "clst": self.clst, "sep": -self.sep, "l1": self.l1}
 
 
 def set_phase(model, phase: str) -> None:

@@ -42,6 +42,24 @@ def test_tiny_is_stride_8_at_96px():
     assert _grid(module, 96) == (c, 12, 12)
 
 
+def test_tiny_receptive_field_is_127px():
+    """The documented receptive field, measured by gradients: 127 px = 63 px either side of a cell's
+    centre. Cell (0, 0) is centred on pixel 0 and reaches pixel 63; a central cell sees the whole
+    96-px image (so one cell can combine a bird's parts)."""
+    torch.manual_seed(0)
+    module, _ = build_backbone("tiny")
+    module.eval()
+
+    def field(i: int) -> tuple[int, int]:
+        x = torch.rand(1, 3, 96, 96, requires_grad=True)
+        module(x)[0, :, i, i].sum().backward()
+        rows = (x.grad[0].abs().sum((0, 2)) > 0).nonzero().flatten()
+        return int(rows.min()), int(rows.max())
+
+    assert field(0) == (0, 63)
+    assert field(6) == (0, 95)
+
+
 def test_name_table_and_channels_without_forward():
     names = list_backbones()
     assert {"tiny", "resnet152", "vgg19_bn", "densenet201"} <= set(names)

@@ -278,7 +278,7 @@ def _sample(tmp: Path, table: list[dict], label: int, k: int, train: bool, size:
 
 
 def synth(out: Path, classes: int = 8, train_per_class: int = 40, test_per_class: int = 20, size: int = 96,
-          confound: float = 0.9, seed: int = 0, progress=None) -> dict:
+          confound: float = 0.8, seed: int = 0, progress=None) -> dict:
     """Write the dataset to OUT (must not exist or be empty) and return a summary dict."""
     start = time.perf_counter()
     out = Path(out)
