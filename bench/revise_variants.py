@@ -75,10 +75,10 @@ def protocli(*args: str) -> None:
         sys.exit(f"protocli {' '.join(args)} failed ({res.exit_code}): {res.output[-2000:]}")
 
 
-def prepare(out: Path, train_args: list[str]) -> tuple[Path, Path]:
+def prepare(out: Path, train_args: list[str], data_args: list[str]) -> tuple[Path, Path]:
     data, base = out / "data", out / "base"
     if not (data / "images.txt").exists():
-        protocli("data", "synth", str(data), "--quiet")
+        protocli("data", "synth", str(data), "--quiet", *data_args)
     if not (base / "manifest.json").exists() or not any(
         s["kind"] == "last" for s in json.loads((base / "manifest.json").read_text())["stages"]
     ):
@@ -268,6 +268,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--train-args", default=" ".join(BASELINE), help="Arguments of `protocli train` for the baseline."
     )
+    ap.add_argument(
+        "--data-args", default="", help="Arguments of `protocli data synth` (default: none, the defaults)."
+    )
     a = ap.parse_args(argv)
 
     from protocli.console import QUIET
@@ -276,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
 
     QUIET["on"] = True
     a.out.mkdir(parents=True, exist_ok=True)
-    _, base = prepare(a.out, a.train_args.split())
+    _, base = prepare(a.out, a.train_args.split(), a.data_args.split())
     ev = evaluate_run(base, criterion=a.criterion, apr=False)
     baseline = {
         "unique": Run.open(base).stage_log("push")[-1].get("unique"),
@@ -301,6 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     doc = {
         "command": " ".join(sys.argv),
         "train_args": a.train_args,
+        "data_args": a.data_args,
         "baseline": baseline,
         "masking": masking,
         "variants": results,

@@ -240,7 +240,7 @@ def revise_model(
     """Revision epochs -> push -> last-layer fine-tune, each a committed stage. Returns accuracies and ids."""
     from protocli.cache import latents, min_distances
     from protocli.push import push_model
-    from protocli.train import accuracy_from_min_d, train_last_layer
+    from protocli.train import accuracies_on_cache, accuracy_from_min_d, train_last_layer
 
     cfg.check()
     t0 = time.perf_counter()
@@ -248,10 +248,7 @@ def revise_model(
     zte, yte = latents(model, cub, "test", crop=run.crop, cache_dir=run.cache_dir, device=device)
 
     def accs() -> tuple[float, float]:
-        return (
-            accuracy_from_min_d(model, min_distances(model, zte, device), yte),
-            accuracy_from_min_d(model, min_distances(model, ztr, device), ytr),
-        )
+        return accuracies_on_cache(model, (zte, yte), (ztr, ytr), device)
 
     before, train_before = accs()
     with run.stage("revise") as st:

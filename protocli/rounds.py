@@ -158,11 +158,11 @@ def rounds_run(
     cfg=None,
 ) -> dict:
     """Alg. 1 on a run (or on a fork at `out`). `cfg` (a ReviseConfig) sets everything but the epochs."""
-    from protocli.cache import latents, min_distances
+    from protocli.cache import latents
     from protocli.mask import mask_model
     from protocli.revise import ReviseConfig, antitype_matrix, revise_model
     from protocli.run import Run
-    from protocli.train import accuracy_from_min_d
+    from protocli.train import accuracies_on_cache
 
     if user not in USERS:
         raise BadInput(f"--user {user}: expected simulated or tui")
@@ -191,10 +191,7 @@ def rounds_run(
     zte, yte = latents(model, cub, "test", crop=run.crop, cache_dir=run.cache_dir, device=device)
 
     def accuracies() -> tuple[float, float]:
-        return (
-            accuracy_from_min_d(model, min_distances(model, zte, device), yte),
-            accuracy_from_min_d(model, min_distances(model, ztr, device), ytr),
-        )
+        return accuracies_on_cache(model, (zte, yte), (ztr, ytr), device)
 
     doc = {
         "version": 1,

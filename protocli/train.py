@@ -87,6 +87,13 @@ def accuracy_from_min_d(model, min_d: torch.Tensor, y: torch.Tensor) -> float:
         return float((logits.argmax(1).cpu() == y).float().mean()) if len(y) else 0.0
 
 
+def accuracies_on_cache(model, test: tuple, train: tuple, device) -> tuple[float, float]:
+    """Accuracy on cached latents: `test` and `train` are (z, y) pairs -> (test accuracy, train accuracy)."""
+    from protocli.cache import min_distances
+
+    return tuple(accuracy_from_min_d(model, min_distances(model, z, device), y) for z, y in (test, train))
+
+
 def train_last_layer(model, min_d: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float, l1: float,
                      batch_size: int, generator: torch.Generator, test: tuple | None = None,
                      log: Path | None = None, desc: str = "last layer") -> dict:
