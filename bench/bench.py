@@ -161,6 +161,8 @@ def main() -> None:
             path.write_text("# Benchmark results\n\nAppended by `bench/bench.py` and `bench/demo_time.py`.\n\n")
         with open(path, "a") as fh:
             if "| date | machine | backbone" not in path.read_text():
+                fh.write("\n## bench.py: training, revision epoch, push, evaluate\n\nAppended by `bench/bench.py` "
+                         "(synthetic data, untrained model; timings in one process).\n\n")
                 fh.write("| " + " | ".join(row) + " |\n|" + "---|" * len(row) + "\n")
             fh.write("| " + " | ".join(row.values()) + " |\n")
 

@@ -33,6 +33,7 @@ AUTHORS = {
     "refine_distance": "l2",
     "refine_reduce": "max",
     "lr_prototypes": 1e-3,
+    "lr_kept": None,
     "lam_clst": 0.0,
     "lam_sep": 0.0,
 }
@@ -60,6 +61,11 @@ VARIANTS: dict[str, tuple[dict, int]] = {
     "squared-mean-lr3e-2-clst-sep": _v(**SQ_MEAN, lr_prototypes=3e-2, **CLST_SEP),
     "squared-mean-lr3e-2-10ep": _v(10, **SQ_MEAN, lr_prototypes=3e-2),
     "squared-mean-lr3e-2-100ep": _v(100, **SQ_MEAN, lr_prototypes=3e-2),
+    # only the rejected prototypes (those on an antitype) take the large step; the others the authors' 1e-3
+    "mean-lr3e-2-kept1e-3": _v(refine_reduce="mean", lr_prototypes=3e-2, lr_kept=1e-3),
+    "squared-mean-lr3e-2-kept1e-3": _v(**SQ_MEAN, lr_prototypes=3e-2, lr_kept=1e-3),
+    "squared-mean-lr1e-1-kept1e-3": _v(**SQ_MEAN, lr_prototypes=1e-1, lr_kept=1e-3),
+    "squared-mean-lr3e-2-kept1e-2": _v(**SQ_MEAN, lr_prototypes=3e-2, lr_kept=1e-2),
 }
 # The baseline is `protocli train DATA --backbone tiny`: the tiny recipe (protocli/recipes.py).
 BASELINE = ["--backbone", "tiny", "--device", "cpu"]

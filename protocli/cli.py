@@ -39,6 +39,9 @@ JSON_OPT = typer.Option(False, "--json", help="Print the result as JSON on stdou
 QUIET_OPT = typer.Option(False, "--quiet", "-q", help="No progress bars or tables on stderr.")
 DEVICE_OPT = typer.Option("auto", "--device", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
 OUT_RUN_OPT = typer.Option(None, "--out", help="Fork the run into this new folder first and change the fork.")
+LR_PROTOTYPES_OPT = typer.Option(3e-2, help="Learning rate of the prototypes (authors' code: 1e-3).")
+LR_KEPT_OPT = typer.Option(None, help="Learning rate of the prototypes that do not sit on an antitype "
+                           "(default: --lr-prototypes); see docs/revision.md for the trade-off.")
 ANTITYPES_OPT = typer.Option(
     None, "--antitypes", help="Decisions file to use (default: RUN/antitypes.json).", exists=False
 )
@@ -326,7 +329,8 @@ def revise(
     lam_sep: float = typer.Option(0.0, help="Weight of the separation cost, subtracted."),
     refine_distance: Distance = typer.Option(Distance.squared, help="Distance in Refine: squared (paper text; default, measured in docs/revision.md) or l2 (authors' code)."),
     refine_reduce: Reduce = typer.Option(Reduce.mean, help="mean of per-prototype max (default), or max over all pairs (authors' code)."),
-    lr_prototypes: float = typer.Option(3e-2, help="Learning rate of the prototypes (authors' code: 1e-3)."),
+    lr_prototypes: float = LR_PROTOTYPES_OPT,
+    lr_kept: float | None = LR_KEPT_OPT,
     lr_last: float = typer.Option(1e-4, help="Learning rate of the last layer."),
     last_epochs: int = typer.Option(20, help="Last-layer fine-tune epochs after the revision push."),
     batch_size: int = typer.Option(80, help="Batch size (on cached latents)."),
@@ -344,7 +348,8 @@ def revise(
 
         cfg = ReviseConfig(epochs=epochs, lam_refine=lam_refine, lam_con=lam_con, lam_l1=lam_l1,
                            lam_clst=lam_clst, lam_sep=lam_sep, refine_distance=refine_distance.value,
-                           refine_reduce=refine_reduce.value, lr_prototypes=lr_prototypes, lr_last=lr_last,
+                           refine_reduce=refine_reduce.value, lr_prototypes=lr_prototypes, lr_kept=lr_kept,
+                           lr_last=lr_last,
                            last_epochs=last_epochs, batch_size=batch_size)
         return revise_run(run, cfg, antitypes=antitypes, out=out, device=pick_device(device),
                           generator=seed_everything(seed))
@@ -359,6 +364,8 @@ def rounds(
     user: User = typer.Option(User.simulated, help="simulated (needs masks) or tui (you, in the review TUI)."),
     epochs: int = typer.Option(30, help="Revision epochs per round."),
     criterion: Criterion = typer.Option(Criterion.box, help="Simulated user's non-object criterion."),
+    lr_prototypes: float = LR_PROTOTYPES_OPT,
+    lr_kept: float | None = LR_KEPT_OPT,
     finally_mask: bool = typer.Option(False, "--final-mask/--no-final-mask",
                                       help="After the rounds, mask prototypes still rejected and fine-tune."),
     graphics: Graphics = typer.Option(Graphics.auto, help="Pictures in the TUI (with --user tui)."),
@@ -371,12 +378,14 @@ def rounds(
     """Iterative prototype revision (Alg. 1): push, consult the user, revise; repeated."""
 
     def go():
+        from protocli.revise import ReviseConfig
         from protocli.rounds import rounds_run
         from protocli.runtime import pick_device, seed_everything
 
+        cfg = ReviseConfig(lr_prototypes=lr_prototypes, lr_kept=lr_kept)
         return rounds_run(run, n_rounds=n_rounds, user=user.value, epochs=epochs, criterion=criterion.value,
                           final_mask=finally_mask, graphics=graphics.value, out=out,
-                          device=pick_device(device), generator=seed_everything(seed))
+                          device=pick_device(device), generator=seed_everything(seed), cfg=cfg)
 
     def show(result):
         from protocli.console import print_table

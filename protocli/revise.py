@@ -46,6 +46,10 @@ class ReviseConfig:
     refine_distance: str = "squared"  # "squared" (the paper's text) | "l2" (the authors' code)
     refine_reduce: str = "mean"  # "mean" of per-prototype max | "max" over all pairs (the authors' code)
     lr_prototypes: float = 3e-2  # the authors' code: 1e-3
+    # Step size of the prototypes that do not sit on an antitype (None: lr_prototypes for all). Adam
+    # moves every prototype that wins a cell by about lr per coordinate per step, so at 3e-2 accepted
+    # prototypes wander under CE alone and the next push can put them on background.
+    lr_kept: float | None = None
     lr_last: float = 1e-4
     last_epochs: int = 20
     batch_size: int = 80
@@ -60,8 +64,8 @@ class ReviseConfig:
                 raise BadInput(f"--{name.replace('_', '-')} {getattr(self, name)}: must be 0 or more")
         if self.batch_size < 1:
             raise BadInput(f"--batch-size {self.batch_size}: must be at least 1")
-        for name in ("lr_prototypes", "lr_last"):
-            if not getattr(self, name) > 0:
+        for name in ("lr_prototypes", "lr_last", "lr_kept"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise BadInput(f"--{name.replace('_', '-')} {getattr(self, name)}: must be positive")
         for name in ("lam_refine", "lam_con", "lam_l1", "lam_clst", "lam_sep"):
             if getattr(self, name) < 0:
@@ -147,8 +151,11 @@ def revise_epoch(
     q: torch.Tensor,
     cfg: ReviseConfig,
     generator: torch.Generator,
+    step_scale: torch.Tensor | None = None,
 ) -> dict:
     """One pass over cached latents z in cells-last layout (N, H*W, D) (`cells_last`), in shuffled batches.
+
+    `step_scale` (P, 1): each prototype's learning rate as a fraction of lr_prototypes (None: all 1).
 
     Returns the epoch means of the loss parts and the train accuracy seen while training. Sums stay
     on the device (no sync per batch).
@@ -166,7 +173,15 @@ def revise_epoch(
         loss, parts = revision_loss(model, logits, min_d, yb, q, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        if step_scale is None:
+            opt.step()
+        else:
+            # Adam with a per-prototype learning rate: its update is proportional to lr, so scaling
+            # the update of a row is Adam at lr * scale for that prototype (its moments are unchanged).
+            before = model.prototypes.detach().clone()
+            opt.step()
+            with torch.no_grad():
+                model.prototypes.copy_(torch.lerp(before, model.prototypes, step_scale))
         parts["loss"] = loss.detach()
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + v * len(idx)
@@ -186,6 +201,18 @@ def epoch_metrics(model, q: torch.Tensor, cfg: ReviseConfig) -> dict:
             "con_count": int(losses.con_count(p)),
             **antitype_distances(p, q),
         }
+
+
+def kept_step_scale(prototypes: torch.Tensor, q: torch.Tensor, cfg: ReviseConfig) -> torch.Tensor | None:
+    """(P, 1): 1 for prototypes that sit on an antitype (the rejected ones: a push makes a prototype
+    equal to a cached latent, and an antitype is such a pushed vector), lr_kept / lr_prototypes for
+    the others; None when lr_kept is unset."""
+    if cfg.lr_kept is None or q.numel() == 0:
+        return None
+    # exact differences: the matmul form of cdist has ~1e-3 cancellation error at distance 0
+    on_antitype = torch.cdist(prototypes.float(), q.float(), compute_mode="donot_use_mm_for_euclid_dist").amin(1) < 1e-4
+    kept = torch.full_like(on_antitype, cfg.lr_kept / cfg.lr_prototypes, dtype=torch.float32)
+    return torch.where(on_antitype, 1.0, kept)[:, None]
 
 
 def revise_prototypes(
@@ -215,11 +242,12 @@ def revise_prototypes(
         zte, yte = test[0].to(dev), test[1]
     set_revise_phase(model)
     opt = make_optimizer(model, cfg)
+    scale = kept_step_scale(model.prototypes.detach(), q, cfg)
     history = []
     with progress_bar(desc, cfg.epochs) as advance:
         for epoch in range(cfg.epochs):
             t0 = time.perf_counter()
-            rec = {"phase": "revise", "epoch": epoch, **revise_epoch(model, opt, z, y, q, cfg, generator)}
+            rec = {"phase": "revise", "epoch": epoch, **revise_epoch(model, opt, z, y, q, cfg, generator, scale)}
             rec["seconds"] = round(time.perf_counter() - t0, 4)
             rec.update(epoch_metrics(model, q, cfg))
             if zte is not None:

@@ -80,6 +80,26 @@ def test_one_epoch_moves_prototypes_away_from_the_antitypes(tiny_run, reduce):
     assert hist[0]["min_dist_antitype"] == pytest.approx(after, rel=1e-5)
 
 
+def test_lr_kept_is_a_per_prototype_adam_learning_rate(tiny_run):
+    """With lr_kept, prototypes on an antitype step at lr_prototypes and the others at lr_kept: Adam
+    moves a coordinate by about lr per step at most, so the kept rows stay within lr_kept x steps."""
+    _, model, z, y = _cached(tiny_run)
+    start = model.prototypes.detach().clone()
+    on = [1, 4]
+    q = start[on].clone()  # pushed vectors of rejected prototypes: they sit exactly on Q
+    cfg = ReviseConfig(epochs=2, batch_size=8, lr_prototypes=3e-2, lr_kept=1e-3, lam_con=0.0)
+    revise_prototypes(model, z, y, q, cfg, G().manual_seed(0))
+    moved = (model.prototypes.detach() - start).abs().amax(dim=1)
+    kept = [j for j in range(model.num_prototypes) if j not in on]
+    steps = math.ceil(len(y) / cfg.batch_size) * cfg.epochs
+    # Adam moves a coordinate by at most about lr per step
+    assert float(moved[kept].max()) <= 1e-3 * steps * 1.01
+    assert float(moved[on].min()) > 1e-3 * steps * 1.5
+    assert ReviseConfig().lr_kept is None or ReviseConfig().lr_kept < ReviseConfig().lr_prototypes
+    with pytest.raises(BadInput, match="--lr-kept"):
+        ReviseConfig(lr_kept=0.0).check()
+
+
 def test_con_pulls_prototypes_back_into_the_unit_cube(tiny_run):
     _, model, z, y = _cached(tiny_run)
     with torch.no_grad():
@@ -167,3 +187,17 @@ def test_fast_min_distances_match_the_model(tiny_run):
     (g_got,) = torch.autograd.grad((got**2).sum(), model.prototypes)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(g_got, g_want, rtol=1e-3, atol=1e-3)
+
+
+def test_cli_defaults_are_the_config_defaults(monkeypatch, tmp_path):
+    """`protocli revise` passes every option; with none given it must build ReviseConfig() exactly."""
+    from typer.testing import CliRunner
+
+    import protocli.revise
+    from protocli.cli import app
+
+    seen = {}
+    monkeypatch.setattr(protocli.revise, "revise_run", lambda run, cfg, **kw: seen.update(cfg=cfg) or {})
+    res = CliRunner().invoke(app, ["revise", str(tmp_path), "--device", "cpu", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert seen["cfg"] == ReviseConfig()
