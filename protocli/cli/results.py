@@ -1,0 +1,68 @@
+"""`protocli report`, `explain`, `demo`: figures, one image explained, the whole job on synthetic data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from protocli.cli.common import DEVICE_OPT, JSON_OPT, QUIET_OPT, execute, kv
+
+app = typer.Typer(rich_markup_mode=None)
+
+
+@app.command()
+def report(
+    run: Path = typer.Argument(..., help="Run folder."),
+    out: Path | None = typer.Option(None, "--out", help="Folder for the figures (default: RUN/report)."),
+    as_json: bool = JSON_OPT,
+    quiet: bool = QUIET_OPT,
+):
+    """Write PNG figures after the paper's and a short report.md."""
+
+    def go():
+        from protocli.report import report_run
+
+        return report_run(run, out=out)
+
+    execute(go, as_json, quiet, kv("report"))
+
+
+@app.command()
+def explain(
+    run: Path = typer.Argument(..., help="Run folder."),
+    image: Path = typer.Argument(..., help="Image file to explain (used as is: no bounding-box crop)."),
+    top: int = typer.Option(5, "--top", help="How many prototypes to show."),
+    out: Path | None = typer.Option(None, "--out", help="PNG to write (default: RUN/explain/<image stem>.png)."),
+    device: str = DEVICE_OPT,
+    as_json: bool = JSON_OPT,
+    quiet: bool = QUIET_OPT,
+):
+    """This looks like that: the prototypes that drove the prediction for one image."""
+
+    def go():
+        from protocli.explain import explain_image
+        from protocli.runtime import pick_device
+
+        return explain_image(run, image, top=top, out=out, device=pick_device(device))
+
+    execute(go, as_json, quiet, None)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo"), "--out", help="Folder for the data and the runs."),
+    device: str = DEVICE_OPT,
+    seed: int = typer.Option(0, help="Random seed."),
+    as_json: bool = JSON_OPT,
+    quiet: bool = QUIET_OPT,
+):
+    """The whole job on built-in synthetic data: baseline, masking and 5 revision rounds, compared."""
+
+    def go():
+        from protocli.demo import demo_run
+        from protocli.runtime import pick_device
+
+        return demo_run(out, device=pick_device(device), seed=seed)
+
+    execute(go, as_json, quiet, None)
