@@ -58,11 +58,16 @@ def load_weights(path: Path, device="cpu"):
         raise BadInput("no model config in the safetensors metadata (not written by protocli?)", path)
     cfg = ModelConfig.from_dict(json.loads(meta["config"]))
     model = build_model(cfg)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0:2]
-        raise BadInput(f"weights do not match the model config: {' '.join(first)}", path) from None
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shaped = [k for k in own if k in state and state[k].shape != own[k].shape]
+    for keys, what in ((missing, "missing"), (unexpected, "unexpected"), (shaped, "wrongly shaped")):
+        if keys:
+            # e.g. a run trained by an older protocli whose backbone had other layers
+            raise BadInput(f"weights do not fit the {cfg.backbone} model of its config: {what} key {keys[0]!r} "
+                           f"({len(keys)} {what})", path)
+    model.load_state_dict(state, strict=True)
     return model.to(device)
 
 

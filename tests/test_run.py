@@ -90,8 +90,15 @@ def test_weights_mismatch_and_corruption(tmp_path):
     cfg = tiny_cfg()
     cfg.num_classes = 4
     save_file(state, str(tmp_path / "bad.safetensors"), metadata={"config": json.dumps(cfg.to_dict())})
-    with pytest.raises(BadInput, match="bad.safetensors: weights do not match"):
+    with pytest.raises(BadInput, match="bad.safetensors: weights do not fit the tiny model of its config: "
+                       "wrongly shaped key"):
         load_weights(tmp_path / "bad.safetensors")
+    # A backbone with other layers (e.g. a run from an older protocli): one line naming the first key.
+    drop = [k for k in state if k.startswith("features.block4.")]
+    save_file({k: v for k, v in state.items() if k not in drop}, str(tmp_path / "old.safetensors"),
+              metadata={"config": json.dumps(tiny_cfg().to_dict())})
+    with pytest.raises(BadInput, match=rf"missing key 'features.block4.0.weight' \({len(drop)} missing\)$"):
+        load_weights(tmp_path / "old.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 20)
     with pytest.raises(BadInput, match="junk.safetensors: not a readable safetensors file"):
         load_weights(tmp_path / "junk.safetensors")
