@@ -69,6 +69,13 @@ def latents(model, cub, split: str, *, crop: bool, cache_dir: Path | None, devic
     return z, y
 
 
+
+def run_latents(run, model, cub, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The cached train and test latents of a run's model: (z_train, y_train, z_test, y_test)."""
+    ztr, ytr = latents(model, cub, "train", crop=run.crop, cache_dir=run.cache_dir, device=device)
+    zte, yte = latents(model, cub, "test", crop=run.crop, cache_dir=run.cache_dir, device=device)
+    return ztr, ytr, zte, yte
+
 def masks(cub, split: str, *, size: int, crop: bool, cache_dir: Path | None) -> torch.Tensor:
     """Object masks of a split in input space: bool (N, S, S). Needs a dataset with masks."""
     from safetensors.torch import load_file, save

@@ -93,9 +93,10 @@ def revise_rounds(base: Path, rev: Path, device, seed: int) -> dict:
     from protocli.rounds import rounds_run
 
     table = rev / "rounds.json"
-    if table.exists() and read_json(table, "rounds file").get("status") in ("done", "converged"):
+    done = read_json(table, "rounds file") if table.exists() else {}
+    if done.get("status") in ("done", "converged"):
         info(f"[3/6] revision: using the rounds in {rev}")
-        return read_json(table, "rounds file")
+        return done
     _fresh_fork(rev, base)
     info(f"[3/6] revision: {ROUNDS} rounds with the simulated user on a fork, {rev}")
     kw = {} if ROUND_EPOCHS is None else {"epochs": ROUND_EPOCHS}

@@ -75,14 +75,13 @@ def activation_precision(model, z: torch.Tensor, y: torch.Tensor, masks: torch.T
 
 def evaluate_model(run, model, cub, device, criterion: str = "box", apr: bool = True) -> dict:
     """All metrics of `model` on the run's data (cached latents). Does not modify anything."""
-    from protocli.cache import latents, masks, min_distances
+    from protocli.cache import masks, min_distances, run_latents
     from protocli.train import accuracy_from_min_d
 
     crop = run.crop
     model.eval()
     out: dict = {"run": str(run.path)}
-    zte, yte = latents(model, cub, "test", crop=crop, cache_dir=run.cache_dir, device=device)
-    ztr, ytr = latents(model, cub, "train", crop=crop, cache_dir=run.cache_dir, device=device)
+    ztr, ytr, zte, yte = run_latents(run, model, cub, device)
     md_te = min_distances(model, zte, device)
     out["accuracy"] = accuracy_from_min_d(model, md_te, yte)
     out["train_accuracy"] = accuracy_from_min_d(model, min_distances(model, ztr, device), ytr)

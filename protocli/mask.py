@@ -53,9 +53,12 @@ def mask_model(
     generator: torch.Generator,
     batch_size: int | None = None,
     l1: float | None = None,
+    splits: tuple | None = None,
 ) -> dict:
-    """Mask `rejected`, fine-tune the last layer on cached latents, commit a "mask" stage. Returns accuracies."""
-    from protocli.cache import latents, min_distances
+    """Mask `rejected`, fine-tune the last layer on cached latents, commit a "mask" stage. Returns accuracies.
+
+    `splits`: the run's latents as `cache.run_latents` returns them, when the caller has them already."""
+    from protocli.cache import min_distances, run_latents
     from protocli.train import accuracy_from_min_d, train_last_layer
 
     t0 = time.perf_counter()
@@ -63,8 +66,7 @@ def mask_model(
     batch_size = batch_size or int(tcfg.get("batch_size", 80))
     l1 = float(tcfg.get("l1", 1e-4)) if l1 is None else l1
     model.eval()
-    ztr, ytr = latents(model, cub, "train", crop=run.crop, cache_dir=run.cache_dir, device=device)
-    zte, yte = latents(model, cub, "test", crop=run.crop, cache_dir=run.cache_dir, device=device)
+    ztr, ytr, zte, yte = splits or run_latents(run, model, cub, device)
     # Min distances do not depend on the mask or the last layer: computed once for all three accuracies.
     md_tr, md_te = min_distances(model, ztr, device), min_distances(model, zte, device)
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from protocli.errors import BadInput
+
 
 @dataclass
 class TrainConfig:
@@ -69,8 +71,6 @@ def resolve(recipe: str, backbone: str) -> str:
     if recipe == "auto":
         return "tiny" if backbone == "tiny" else "paper"
     if recipe not in RECIPES:
-        from protocli.errors import BadInput
-
         raise BadInput(f"--recipe {recipe!r}: expected auto, {', '.join(RECIPES)}")
     return recipe
 

@@ -210,9 +210,8 @@ def kept_step_scale(prototypes: torch.Tensor, q: torch.Tensor, cfg: ReviseConfig
     if cfg.lr_kept is None or q.numel() == 0:
         return None
     # exact differences: the matmul form of cdist has ~1e-3 cancellation error at distance 0
-    on_antitype = torch.cdist(prototypes.float(), q.float(), compute_mode="donot_use_mm_for_euclid_dist").amin(1) < 1e-4
-    kept = torch.full_like(on_antitype, cfg.lr_kept / cfg.lr_prototypes, dtype=torch.float32)
-    return torch.where(on_antitype, 1.0, kept)[:, None]
+    d = torch.cdist(prototypes.float(), q.float(), compute_mode="donot_use_mm_for_euclid_dist")
+    return torch.where(d.amin(dim=1) < 1e-4, 1.0, cfg.lr_kept / cfg.lr_prototypes)[:, None]
 
 
 def revise_prototypes(
@@ -263,17 +262,20 @@ def revise_prototypes(
 
 
 def revise_model(
-    run, model, cub, q: torch.Tensor, cfg: ReviseConfig, device, generator: torch.Generator
+    run, model, cub, q: torch.Tensor, cfg: ReviseConfig, device, generator: torch.Generator,
+    splits: tuple | None = None,
 ) -> dict:
-    """Revision epochs -> push -> last-layer fine-tune, each a committed stage. Returns accuracies and ids."""
-    from protocli.cache import latents, min_distances
+    """Revision epochs -> push -> last-layer fine-tune, each a committed stage. Returns accuracies and ids.
+
+    `splits`: the run's latents as `cache.run_latents` returns them, when the caller has them already
+    (the encoder is frozen, so they stay valid across rounds)."""
+    from protocli.cache import min_distances, run_latents
     from protocli.push import push_model
     from protocli.train import accuracies_on_cache, accuracy_from_min_d, train_last_layer
 
     cfg.check()
     t0 = time.perf_counter()
-    ztr, ytr = latents(model, cub, "train", crop=run.crop, cache_dir=run.cache_dir, device=device)
-    zte, yte = latents(model, cub, "test", crop=run.crop, cache_dir=run.cache_dir, device=device)
+    ztr, ytr, zte, yte = splits or run_latents(run, model, cub, device)
 
     def accs() -> tuple[float, float]:
         return accuracies_on_cache(model, (zte, yte), (ztr, ytr), device)

@@ -158,7 +158,7 @@ def rounds_run(
     cfg=None,
 ) -> dict:
     """Alg. 1 on a run (or on a fork at `out`). `cfg` (a ReviseConfig) sets everything but the epochs."""
-    from protocli.cache import latents
+    from protocli.cache import run_latents
     from protocli.mask import mask_model
     from protocli.revise import ReviseConfig, antitype_matrix, revise_model
     from protocli.run import Run
@@ -187,8 +187,8 @@ def rounds_run(
     if out is not None:
         run = run.fork(out)
     model = run.load_model(device)
-    ztr, ytr = latents(model, cub, "train", crop=run.crop, cache_dir=run.cache_dir, device=device)
-    zte, yte = latents(model, cub, "test", crop=run.crop, cache_dir=run.cache_dir, device=device)
+    splits = run_latents(run, model, cub, device)  # loaded once: the encoder stays frozen in every round
+    ztr, ytr, zte, yte = splits
 
     def accuracies() -> tuple[float, float]:
         return accuracies_on_cache(model, (zte, yte), (ztr, ytr), device)
@@ -240,7 +240,7 @@ def rounds_run(
             atomic_write_json(table, doc)
             break
         q = antitype_matrix(run, None, model.num_prototypes, model.cfg.proto_dim)
-        res = revise_model(run, model, cub, q, cfg, device, generator)
+        res = revise_model(run, model, cub, q, cfg, device, generator, splits=splits)
         consulted_last = False
         doc["rounds"].append(
             _row(
@@ -271,6 +271,7 @@ def rounds_run(
             lr_last=cfg.lr_last,
             device=device,
             generator=generator,
+            splits=splits,
         )
         doc["final_mask"] = {
             k: m[k]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from protocli.cli.common import DEVICE_OPT, JSON_OPT, QUIET_OPT, Criterion, execute, kv
+from protocli.cli.common import DEVICE_OPT, JSON_OPT, QUIET_OPT, SEED_OPT, Criterion, execute, kv
 from protocli.recipes import default_help as R
 
 app = typer.Typer(rich_markup_mode=None)
@@ -95,7 +95,7 @@ def train(
     amp: bool = typer.Option(True, "--amp/--no-amp", help="CUDA only: autocast (bf16 where supported)."),
     channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last", help="CUDA only: NHWC memory."),
     workers: int | None = typer.Option(None, help="DataLoader workers (default: from the CPU count)."),
-    seed: int = typer.Option(0, help="Random seed."),
+    seed: int = SEED_OPT,
     resume: bool = typer.Option(False, help="Continue an interrupted training of --run from its checkpoint."),
     as_json: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,

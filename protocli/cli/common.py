@@ -16,6 +16,7 @@ import typer
 JSON_OPT = typer.Option(False, "--json", help="Print the result as JSON on stdout (tables go to stderr).")
 QUIET_OPT = typer.Option(False, "--quiet", "-q", help="No progress bars or tables on stderr.")
 DEVICE_OPT = typer.Option("auto", "--device", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
+SEED_OPT = typer.Option(0, help="Random seed.")
 OUT_RUN_OPT = typer.Option(None, "--out", help="Fork the run into this new folder first and change the fork.")
 LR_PROTOTYPES_OPT = typer.Option(3e-2, help="Learning rate of the prototypes (authors' code: 1e-3).")
 LR_KEPT_OPT = typer.Option(None, help="Learning rate of the prototypes that do not sit on an antitype "

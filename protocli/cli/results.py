@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from protocli.cli.common import DEVICE_OPT, JSON_OPT, QUIET_OPT, execute, kv
+from protocli.cli.common import DEVICE_OPT, JSON_OPT, QUIET_OPT, SEED_OPT, execute, kv
 
 app = typer.Typer(rich_markup_mode=None)
 
@@ -53,7 +53,7 @@ def explain(
 def demo(
     out: Path = typer.Option(Path("demo"), "--out", help="Folder for the data and the runs."),
     device: str = DEVICE_OPT,
-    seed: int = typer.Option(0, help="Random seed."),
+    seed: int = SEED_OPT,
     as_json: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
 ):

@@ -14,6 +14,7 @@ from protocli.cli.common import (
     LR_PROTOTYPES_OPT,
     OUT_RUN_OPT,
     QUIET_OPT,
+    SEED_OPT,
     Criterion,
     Distance,
     Graphics,
@@ -70,7 +71,7 @@ def mask(
     lr_last: float = typer.Option(1e-4, help="Learning rate of the last layer."),
     out: Path | None = OUT_RUN_OPT,
     device: str = DEVICE_OPT,
-    seed: int = typer.Option(0, help="Random seed."),
+    seed: int = SEED_OPT,
     as_json: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
 ):
@@ -105,7 +106,7 @@ def revise(
     batch_size: int = typer.Option(80, help="Batch size (on cached latents)."),
     out: Path | None = OUT_RUN_OPT,
     device: str = DEVICE_OPT,
-    seed: int = typer.Option(0, help="Random seed."),
+    seed: int = SEED_OPT,
     as_json: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
 ):
@@ -140,7 +141,7 @@ def rounds(
     graphics: Graphics = typer.Option(Graphics.auto, help="Pictures in the TUI (with --user tui)."),
     out: Path | None = OUT_RUN_OPT,
     device: str = DEVICE_OPT,
-    seed: int = typer.Option(0, help="Random seed."),
+    seed: int = SEED_OPT,
     as_json: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
 ):
