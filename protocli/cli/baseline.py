@@ -160,6 +160,10 @@ def train(
 @app.command()
 def push(
     run: Path = typer.Argument(..., help="Run folder."),
+    box_map: str = typer.Option("before", "--box-map", metavar="before|after",
+                                help="Map behind each prototype's 95th-percentile box and heatmap: 'before' = "
+                                     "the prototype vector before projection (the original ProtoPNet), 'after' = "
+                                     "the projected vector (always peaks at the pushed cell)."),
     device: str = DEVICE_OPT,
     as_json: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
@@ -170,7 +174,7 @@ def push(
         from protocli.push import push_run
         from protocli.runtime import pick_device
 
-        return push_run(run, device=pick_device(device))
+        return push_run(run, device=pick_device(device), box_map=box_map)
 
     execute(go, as_json, quiet, kv("push"))
 
