@@ -23,32 +23,95 @@ from protocli.errors import BadInput
 from protocli.files import atomic_write_bytes, atomic_write_json
 
 
-def nearest_patches(model, z: torch.Tensor, y: torch.Tensor, device, batch_size: int = 64):
+def nearest_patches(model, z: torch.Tensor, y: torch.Tensor, device, batch_size: int = 64,
+                    avoid: torch.Tensor | None = None, keep: torch.Tensor | None = None,
+                    distinct: bool = False, pool: int = 16):
     """For every prototype: the nearest own-class cell over all images.
 
+    `avoid` (S, D), the antitypes Q, and `keep` (A, D), the accepted prototype vectors: the user's
+    verdicts label patches by their nearest neighbour. A cell is a candidate for prototype j only
+    when it is nearer to p_j or to an accepted vector than to every antitype. So no push lands on a
+    rejected patch (distance 0 to its antitype) nor on one that looks more like a rejected patch
+    than like anything accepted; an accepted prototype's own patch stays allowed. (p_j alone is not
+    enough: revision can carry a rejected prototype off the data, where every patch is nearer to
+    some antitype than to it.)
+
+    `distinct`: no two prototypes on one (image, cell). Each prototype keeps its `pool` nearest
+    candidates and `distinct_choice` matches prototypes to cells, the nearer prototype winning a
+    contested cell; a prototype whose pool runs out keeps its nearest cell (a duplicate).
+
     Returns (best_dist (P,), best_image (P,), best_cell (P,) flat h*W+w, min_d (N, P), arg_cell (N, P)).
-    Ties keep the first image, as numpy's argmin does in the original code.
+    min_d and arg_cell are the unrestricted minima. Ties keep the first image, as numpy's argmin does
+    in the original code.
     """
     P = model.num_prototypes
     pcls = model.prototype_class.to(device)
-    best_d = torch.full((P,), float("inf"), device=device)
-    best_img = torch.zeros(P, dtype=torch.long, device=device)
-    best_cell = torch.zeros(P, dtype=torch.long, device=device)
     all_min, all_arg = [], []
-    ar = torch.arange(P, device=device)
+    q = avoid.to(device, torch.float32) if avoid is not None and len(avoid) else None
+    a = keep.to(device, torch.float32) if keep is not None and len(keep) else None
+    cand_d = torch.full((P, 0), float("inf"), device=device)
+    cand_key = torch.zeros((P, 0), dtype=torch.long, device=device)
+    HW = 1
     with torch.no_grad():
         for i in range(0, len(z), batch_size):
             zb, yb = z[i:i + batch_size].to(device).float(), y[i:i + batch_size].to(device)
-            mind, arg = model.distances(zb).flatten(2).min(dim=2)  # (B, P)
+            d = model.distances(zb).flatten(2)  # (B, P, HW)
+            HW = d.shape[2]
+            mind, arg = d.min(dim=2)  # (B, P)
             all_min.append(mind.cpu())
             all_arg.append(arg.to(torch.int32).cpu())
-            own = yb[:, None] == pcls[None, :]
-            bmin, bidx = torch.where(own, mind, torch.inf).min(dim=0)  # (P,)
-            better = bmin < best_d
-            best_d = torch.where(better, bmin, best_d)
-            best_img = torch.where(better, bidx + i, best_img)
-            best_cell = torch.where(better, arg[bidx, ar], best_cell)
-    return best_d.cpu(), best_img.cpu(), best_cell.cpu(), torch.cat(all_min), torch.cat(all_arg)
+            if q is not None:
+                cells = zb.flatten(2).transpose(1, 2)  # (B, HW, D)
+                dq = torch.cdist(cells, q[None].expand(len(zb), -1, -1)).square().amin(dim=2)  # (B, HW)
+                ok = d < dq[:, None, :]
+                if a is not None:
+                    da = torch.cdist(cells, a[None].expand(len(zb), -1, -1)).square().amin(dim=2)
+                    ok |= (da < dq)[:, None, :]
+                d = torch.where(ok, d, torch.inf)
+            d = torch.where((yb[:, None] == pcls[None, :])[:, :, None], d, torch.inf)
+            # Running per-prototype pool of the nearest candidates; key = global image * HW + cell.
+            # Keys grow with the image index, so a stable sort keeps the first image on ties.
+            flat = d.permute(1, 0, 2).reshape(P, -1)  # (P, B*HW), image-major
+            keys = torch.arange(flat.shape[1], device=device)[None].expand(P, -1) + i * HW
+            cand_d, order = torch.sort(torch.cat([cand_d, flat], 1), dim=1, stable=True)
+            cand_key = torch.cat([cand_key, keys], 1).gather(1, order)
+            k = pool if distinct else 1
+            cand_d, cand_key = cand_d[:, :k].contiguous(), cand_key[:, :k].contiguous()
+    choice = distinct_choice(cand_d, cand_key) if distinct else torch.zeros(P, dtype=torch.long, device=device)
+    ar = torch.arange(P, device=device)
+    best_d, key = cand_d[ar, choice], cand_key[ar, choice]
+    return (best_d.cpu(), (key // HW).cpu(), (key % HW).cpu(), torch.cat(all_min), torch.cat(all_arg))
+
+
+def distinct_choice(cand_d: torch.Tensor, cand_key: torch.Tensor) -> torch.Tensor:
+    """Stable matching of prototypes to cells: (P, K) candidate distances (ascending) and keys -> the
+    chosen column per prototype.
+
+    Deferred acceptance, all prototypes at once: each proposes its next candidate; a cell keeps the
+    nearest proposer (ties: the lower prototype index); the others move on. A prototype whose pool
+    runs out (or whose next candidate is not allowed: inf) falls back to column 0 and stays out of
+    the contest. Each iteration is a few tensor ops; there are at most P * K of them.
+    """
+    P, K = cand_d.shape
+    ar = torch.arange(P, device=cand_d.device)
+    choice = torch.zeros(P, dtype=torch.long, device=cand_d.device)
+    for _ in range(P * K + 1):
+        live = (choice < K) & torch.isfinite(cand_d[ar, choice.clamp(max=K - 1)])
+        key = cand_key[ar, choice.clamp(max=K - 1)]
+        d = cand_d[ar, choice.clamp(max=K - 1)]
+        # Rank proposers by (distance, prototype index): the winner of a key has the smallest rank.
+        rank = torch.empty(P, dtype=torch.long, device=d.device)
+        rank[torch.argsort(torch.where(live, d, torch.inf), stable=True)] = ar
+        big = torch.full_like(rank, P)
+        _, inv = torch.unique(torch.where(live, key, -1), return_inverse=True)
+        best = torch.full((int(inv.max()) + 1,), P, dtype=torch.long, device=d.device)
+        best = best.scatter_reduce(0, inv, torch.where(live, rank, big), reduce="amin")
+        lose = live & (best[inv] != rank)
+        if not bool(lose.any()):
+            break
+        choice = torch.where(lose, choice + 1, choice)
+    done = (choice < K) & torch.isfinite(cand_d[ar, choice.clamp(max=K - 1)])
+    return torch.where(done, choice, torch.zeros_like(choice))
 
 
 def percentile_rows(x: torch.Tensor, q: float) -> torch.Tensor:
@@ -147,7 +210,8 @@ BOX_MAPS = ("before", "after")
 
 
 def push_model(run, model, cub, z: torch.Tensor, y: torch.Tensor, device, k: int = 5,
-               box_map: str = "before") -> dict:
+               box_map: str = "before", avoid: torch.Tensor | None = None, keep: torch.Tensor | None = None,
+               distinct: bool = False) -> dict:
     """The push stage on cached latents `z` of the train split. Commits a NNN-push stage.
 
     `box_map` picks the activation map behind each prototype's box and heatmap, both on the image it
@@ -159,7 +223,7 @@ def push_model(run, model, cub, z: torch.Tensor, y: torch.Tensor, device, k: int
     t0 = time.perf_counter()
     size, crop = model.cfg.img_size, run.crop
     H, W = z.shape[2], z.shape[3]
-    best_d, best_img, best_cell, min_d, arg = nearest_patches(model, z, y, device)
+    best_d, best_img, best_cell, min_d, arg = nearest_patches(model, z, y, device, avoid=avoid, keep=keep, distinct=distinct)
     found = torch.isfinite(best_d)
     if not bool(found.all()):
         missing = sorted({int(c) for c in model.prototype_class[~found]})

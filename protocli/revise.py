@@ -53,6 +53,10 @@ class ReviseConfig:
     lr_last: float = 1e-4
     last_epochs: int = 20
     batch_size: int = 80
+    # Push only onto patches nearer to the prototype than to every antitype (push.nearest_patches).
+    push_avoid: bool = True
+    # No two prototypes on one patch after a revision push (push.distinct_choice).
+    push_distinct: bool = True
 
     def check(self) -> None:
         if self.refine_distance not in ("l2", "squared"):
@@ -203,15 +207,22 @@ def epoch_metrics(model, q: torch.Tensor, cfg: ReviseConfig) -> dict:
         }
 
 
+def on_antitype(prototypes: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """(P,) bool: the prototype sits on an antitype (a push makes a prototype equal to a cached
+    latent, and an antitype is such a pushed vector, so the rejected ones are exactly these)."""
+    if q.numel() == 0:
+        return torch.zeros(len(prototypes), dtype=torch.bool)
+    # exact differences: the matmul form of cdist has ~1e-3 cancellation error at distance 0
+    d = torch.cdist(prototypes.float(), q.float().to(prototypes.device), compute_mode="donot_use_mm_for_euclid_dist")
+    return d.amin(dim=1) < 1e-4
+
+
 def kept_step_scale(prototypes: torch.Tensor, q: torch.Tensor, cfg: ReviseConfig) -> torch.Tensor | None:
-    """(P, 1): 1 for prototypes that sit on an antitype (the rejected ones: a push makes a prototype
-    equal to a cached latent, and an antitype is such a pushed vector), lr_kept / lr_prototypes for
-    the others; None when lr_kept is unset."""
+    """(P, 1): 1 for prototypes that sit on an antitype (the rejected ones), lr_kept / lr_prototypes
+    for the others; None when lr_kept is unset."""
     if cfg.lr_kept is None or q.numel() == 0:
         return None
-    # exact differences: the matmul form of cdist has ~1e-3 cancellation error at distance 0
-    d = torch.cdist(prototypes.float(), q.float(), compute_mode="donot_use_mm_for_euclid_dist")
-    return torch.where(d.amin(dim=1) < 1e-4, 1.0, cfg.lr_kept / cfg.lr_prototypes)[:, None]
+    return torch.where(on_antitype(prototypes, q), 1.0, cfg.lr_kept / cfg.lr_prototypes)[:, None]
 
 
 def revise_prototypes(
@@ -281,6 +292,9 @@ def revise_model(
         return accuracies_on_cache(model, (zte, yte), (ztr, ytr), device)
 
     before, train_before = accs()
+    # The accepted prototypes as they were pushed: what the user's verdicts call object-like.
+    accepted = on_antitype(model.prototypes.detach().cpu(), q).logical_not()
+    accepted = model.prototypes.detach().cpu()[accepted].clone()
     with run.stage("revise") as st:
         hist = revise_prototypes(
             model, ztr, ytr, q, cfg, generator, test=(zte, yte), log=st.dir / "metrics.jsonl"
@@ -297,7 +311,8 @@ def revise_model(
         )
         revise_id = st.id
     revised, _ = accs()
-    pushed = push_model(run, model, cub, ztr, ytr, device)
+    pushed = push_model(run, model, cub, ztr, ytr, device, avoid=q if cfg.push_avoid else None,
+                        keep=accepted if cfg.push_avoid else None, distinct=cfg.push_distinct)
     md_tr, md_te = min_distances(model, ztr, device), min_distances(model, zte, device)
     after_push = accuracy_from_min_d(model, md_te, yte)
     train_after_push = accuracy_from_min_d(model, md_tr, ytr)

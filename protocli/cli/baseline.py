@@ -102,8 +102,9 @@ def train(
     pretrained: bool = typer.Option(False, help="Start the backbone from torchvision's ImageNet weights."),
     weights: Path | None = typer.Option(None, help="Backbone weights from a local file (.safetensors or .pth)."),
     recipe: str = typer.Option("auto", help="Defaults for the options marked [paper: .., tiny: ..]: paper (the "
-                               "original ProtoPNet baseline), tiny (from scratch on CPU), auto (tiny for the tiny "
-                               "backbone, else paper). Options you give win."),
+                               "original ProtoPNet baseline), tiny (from scratch on CPU), finetune (tiny's sizes with "
+                               "paper's learning rates and costs, for a pretrained tiny encoder), auto (tiny backbone: "
+                               "finetune with --weights, else tiny; other backbones: paper). Options you give win."),
     img_size: int | None = typer.Option(None, help=f"Input side in pixels (images are resized to a square). {R('img_size')}"),
     prototypes_per_class: int = typer.Option(10, help="Prototypes per class."),
     proto_dim: int | None = typer.Option(None, help=f"Latent and prototype dimension D. {R('proto_dim')}"),
