@@ -194,3 +194,46 @@ def test_pil_default_resize_filter_is_bicubic_for_grey_images():
     assert np.array_equal(np.asarray(img.resize((7, 7))), np.asarray(img.resize((7, 7), Image.Resampling.BICUBIC)))
     assert not np.array_equal(np.asarray(img.resize((7, 7))), np.asarray(img.resize((7, 7), Image.Resampling.BILINEAR)))
     assert math.isclose(_bicubic(0.0), 1.0) and _bicubic(2.0) == 0.0
+
+
+def test_k_nearest_patches_brute_force():
+    """Per prototype, the k images whose closest cell is nearest (any class), as the original's analysis."""
+    from protocli.model import ModelConfig, build_model
+    from protocli.push import k_nearest_patches
+
+    torch.manual_seed(3)
+    model = build_model(ModelConfig(backbone="tiny", num_classes=3, prototypes_per_class=2, proto_dim=5, img_size=32))
+    z = torch.rand(11, 5, 3, 4)
+    d, img, cell = k_nearest_patches(model, z, 4, torch.device("cpu"), batch_size=3)
+    p = model.prototypes.detach()
+    full = ((z[:, None] - p[None, :, :, None, None]) ** 2).sum(2).flatten(2)  # (N, P, HW) brute force
+    per_image = full.min(2).values  # (N, P)
+    for j in range(model.num_prototypes):
+        order = sorted(range(11), key=lambda b: float(per_image[b, j]))[:4]
+        assert img[:, j].tolist() == order
+        assert torch.allclose(d[:, j], per_image[order, j], atol=1e-5)
+        assert cell[:, j].tolist() == [int(full[b, j].argmin()) for b in order]
+
+
+def test_nearest_after_push_starts_with_the_own_patch_at_zero(tiny_run):
+    from protocli.cache import latents
+    from protocli.files import read_json
+    from protocli.push import push_run
+    from protocli.run import Run
+    from protocli.simulate import pushed_vectors
+
+    res = push_run(tiny_run, torch.device("cpu"))
+    run = Run.open(tiny_run)
+    doc = read_json(run.path / "stages" / res["push"] / "prototypes.json")
+    z, _ = latents(run.load_model("cpu"), run.cub(), "train", crop=run.crop, cache_dir=run.cache_dir,
+                   device=torch.device("cpu"))
+    pushed = pushed_vectors(run.path / "stages" / res["push"])
+    for p in doc["prototypes"]:
+        assert "projection_distance" in p and "distance" not in p
+        first = p["nearest"][0]
+        assert (first["image_index"], first["cell"], first["distance"]) == (p["image_index"], p["cell"], 0.0)
+        # every listed distance is that of the pushed vector, ascending
+        dd = [((z[n["image_index"]].float() - pushed[p["prototype"]][:, None, None]) ** 2).sum(0).min().item()
+              for n in p["nearest"]]
+        assert np.allclose([n["distance"] for n in p["nearest"]][1:], dd[1:], atol=1e-4)
+        assert all(a <= b + 1e-6 for a, b in zip(dd, dd[1:], strict=False))
