@@ -237,3 +237,41 @@ def test_nearest_after_push_starts_with_the_own_patch_at_zero(tiny_run):
               for n in p["nearest"]]
         assert np.allclose([n["distance"] for n in p["nearest"]][1:], dd[1:], atol=1e-4)
         assert all(a <= b + 1e-6 for a, b in zip(dd, dd[1:], strict=False))
+
+
+def _brute_apr(model, z, y, masks, active) -> float | None:
+    """One (image, prototype) pair at a time: top 5% of the bicubic map, share inside the object."""
+    import torch.nn.functional as F
+
+    vals = []
+    for b in range(len(z)):
+        for j in range(model.num_prototypes):
+            if int(model.prototype_class[j]) != int(y[b]) or not active[j]:
+                continue
+            sim = _brute_log_sim(z[b], model.prototypes[j].detach())
+            up = F.interpolate(sim[None, None].float(), size=masks.shape[-2:], mode="bicubic",
+                               align_corners=False)[0, 0].numpy()
+            top = up >= np.percentile(up, 95)
+            vals.append((top & masks[b].numpy()).sum() / top.sum())
+    return float(np.mean(vals)) if vals else None
+
+
+def test_activation_precision_brute_force_and_masking():
+    from protocli.evaluate import activation_precision
+    from protocli.model import ModelConfig, build_model
+
+    torch.manual_seed(4)
+    model = build_model(ModelConfig(backbone="tiny", num_classes=3, prototypes_per_class=2, proto_dim=5, img_size=16))
+    z, y = torch.rand(7, 5, 3, 3), torch.tensor([0, 1, 2, 0, 1, 2, 1])
+    masks = torch.rand(7, 16, 16) > 0.6
+    cpu = torch.device("cpu")
+    all_on = activation_precision(model, z, y, masks, cpu, batch_size=3)
+    assert all_on == pytest.approx(_brute_apr(model, z, y, masks, [True] * 6), abs=1e-6)
+    with torch.no_grad():
+        model.prototype_mask[[0, 3, 4]] = 0
+    masked = activation_precision(model, z, y, masks, cpu, batch_size=3)
+    want = _brute_apr(model, z, y, masks, [j not in (0, 3, 4) for j in range(6)])
+    assert masked == pytest.approx(want, abs=1e-6) and masked != pytest.approx(all_on, abs=1e-6)
+    with torch.no_grad():
+        model.prototype_mask.zero_()
+    assert activation_precision(model, z, y, masks, cpu) is None
