@@ -275,3 +275,28 @@ def test_activation_precision_brute_force_and_masking():
     with torch.no_grad():
         model.prototype_mask.zero_()
     assert activation_precision(model, z, y, masks, cpu) is None
+
+
+def test_cache_latents_are_fp32_then_fp16_even_under_autocast(tiny_data):
+    """The cache encodes in fp32 (an outer bf16 autocast must not leak in) and stores fp16: the error
+    per entry is fp16 rounding only, at most 2^-12 for values in [0, 1]."""
+    from protocli.cache import latents
+    from protocli.data.cub import ImageSet, open_cub
+    from protocli.data.transforms import eval_transform
+    from protocli.model import ModelConfig, build_model
+
+    torch.manual_seed(5)
+    model = build_model(ModelConfig(backbone="tiny", num_classes=4, prototypes_per_class=2, proto_dim=16,
+                                    img_size=32)).eval()
+    cub, cpu = open_cub(tiny_data), torch.device("cpu")
+    x = torch.stack([ImageSet(cub, "train", eval_transform(32), crop=True)[i][0] for i in range(8)])
+    with torch.no_grad():
+        exact = model.encode(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = model.encode(x).float()
+    assert float((bf16 - exact).abs().max()) > 2 ** -12  # what autocast would cost: the test can tell
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z, _ = latents(model, cub, "train", crop=True, cache_dir=None, device=cpu, workers=0)
+    assert z.dtype == torch.float16
+    err = (z[:8].float() - exact).abs()
+    assert 0 < float(err.max()) <= 2 ** -12
