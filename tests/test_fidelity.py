@@ -300,3 +300,35 @@ def test_cache_latents_are_fp32_then_fp16_even_under_autocast(tiny_data):
     assert z.dtype == torch.float16
     err = (z[:8].float() - exact).abs()
     assert 0 < float(err.max()) <= 2 ** -12
+
+
+def _cv2_inter_cubic_by_hand(m: np.ndarray, size: int) -> np.ndarray:
+    """OpenCV's resize(INTER_CUBIC) of a float map, written out: source x = (dx + 0.5) * scale - 0.5,
+    Keys kernel with A = -0.75 on the 4 taps floor(x) - 1 .. floor(x) + 2, indices clamped (replicate);
+    rows first, then columns (separable, so the order does not matter in exact arithmetic)."""
+    A = -0.75
+
+    def weights(n_in):
+        out = np.zeros((size, n_in))
+        for d in range(size):
+            x = (d + 0.5) * n_in / size - 0.5
+            s = math.floor(x)
+            t = x - s
+            c0 = ((A * (t + 1) - 5 * A) * (t + 1) + 8 * A) * (t + 1) - 4 * A
+            c1 = ((A + 2) * t - (A + 3)) * t * t + 1
+            c2 = ((A + 2) * (1 - t) - (A + 3)) * (1 - t) * (1 - t) + 1
+            for tap, c in zip(range(s - 1, s + 3), (c0, c1, c2, 1 - c0 - c1 - c2), strict=True):
+                out[d, min(max(tap, 0), n_in - 1)] += c
+        return out
+
+    return weights(m.shape[0]) @ m.astype(np.float64) @ weights(m.shape[1]).T
+
+
+def test_box_upsampling_is_cv2_inter_cubic():
+    """The original upsamples the activation map with cv2.resize(INTER_CUBIC) before the percentile box."""
+    from protocli.push import upsample
+
+    maps = torch.rand(4, 7, 7, generator=torch.Generator().manual_seed(6)) * 9
+    ours = upsample(maps, 224).numpy()
+    for r in range(4):
+        assert np.allclose(ours[r], _cv2_inter_cubic_by_hand(maps[r].numpy(), 224), atol=2e-5)
