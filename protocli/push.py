@@ -281,6 +281,8 @@ def push_run(run_dir: Path, device, box_map: str = "before") -> dict:
     from protocli.cache import latents
     from protocli.run import Run
 
+    if box_map not in BOX_MAPS:  # before any work
+        raise BadInput(f"--box-map {box_map}: expected before or after")
     run = Run.open(run_dir)
     model = run.load_model(device)
     cub = run.cub()
