@@ -1,8 +1,10 @@
 """`protocli push`: run + cached training latents -> prototypes projected onto real patches.
 
 Every prototype is replaced by the nearest latent vector among the (unaugmented) training images
-of its own class. The stage folder gets `prototypes.json` (image, cell, distance, the
-95th-percentile box, last-layer weight, duplicates, the k nearest training patches of any class),
+of its own class. The stage folder gets `prototypes.json` (image, cell, projection distance = the
+squared distance the prototype moved, the 95th-percentile box of its activation map before
+projection as in the original (`box_map`), last-layer weight, duplicates, and
+the k nearest training patches of any class to the pushed prototype, its own patch first at 0),
 the weights after the push, and per prototype a patch crop, the full image with the box drawn and
 the similarity heatmap. All distance work is batched over images and prototypes at once; pictures
 are written by a thread pool.
@@ -114,6 +116,36 @@ def distinct_choice(cand_d: torch.Tensor, cand_key: torch.Tensor) -> torch.Tenso
     return torch.where(done, choice, torch.zeros_like(choice))
 
 
+def k_nearest_patches(model, z: torch.Tensor, k: int, device, own=None, batch_size: int = 64):
+    """The k training images whose closest cell is nearest to each prototype, any class (the original's
+    nearest-patch analysis): (dist (k, P), image (k, P), cell (k, P) flat h*W+w), nearest first.
+
+    `own` = (image (P,), cell (P,), valid (P,)) of the patch each prototype was pushed to: that patch
+    equals the prototype, so its distance is set to exactly 0 (the matmul form leaves ~1e-7) and it
+    ranks first, ahead of any other patch at distance 0. A running top-k keeps memory at O(k P).
+    """
+    P = model.num_prototypes
+    top_d = torch.empty(0, P, device=device)
+    top_i = torch.empty(0, P, dtype=torch.long, device=device)
+    top_c = torch.empty(0, P, dtype=torch.long, device=device)
+    if own is not None:
+        own_img, own_cell, valid = (t.to(device) for t in own)
+    with torch.no_grad():
+        for i in range(0, len(z), batch_size):
+            zb = z[i:i + batch_size].to(device).float()
+            mind, arg = model.distances(zb).flatten(2).min(dim=2)  # (B, P)
+            idx = torch.arange(i, i + len(zb), device=device)[:, None].expand_as(mind)
+            if own is not None:
+                hit = (idx == own_img[None, :]) & valid[None, :]
+                mind = torch.where(hit, -1.0, mind)  # below every real distance: first in the ranking
+                arg = torch.where(hit, own_cell[None, :], arg)
+            d, n = torch.cat([top_d, mind]), torch.cat([top_i, idx])
+            c = torch.cat([top_c, arg.long()])
+            top_d, pick = torch.topk(d, min(k, len(d)), dim=0, largest=False, sorted=True)
+            top_i, top_c = n.gather(0, pick), c.gather(0, pick)
+    return top_d.clamp(min=0).cpu(), top_i.cpu(), top_c.cpu()
+
+
 def percentile_rows(x: torch.Tensor, q: float) -> torch.Tensor:
     """Per-row percentile with linear interpolation (numpy's default), x (R, n)."""
     n = x.shape[1]
@@ -223,11 +255,13 @@ def push_model(run, model, cub, z: torch.Tensor, y: torch.Tensor, device, k: int
     t0 = time.perf_counter()
     size, crop = model.cfg.img_size, run.crop
     H, W = z.shape[2], z.shape[3]
-    best_d, best_img, best_cell, min_d, arg = nearest_patches(model, z, y, device, avoid=avoid, keep=keep, distinct=distinct)
+    best_d, best_img, best_cell, _, _ = nearest_patches(model, z, y, device, avoid=avoid, keep=keep,
+                                                        distinct=distinct)
     found = torch.isfinite(best_d)
     if not bool(found.all()):
         missing = sorted({int(c) for c in model.prototype_class[~found]})
-        warn(f"no training image for classes {missing[:10]}: their prototypes keep their vectors")
+        why = "no training image, or none off the antitypes," if avoid is not None else "no training image"
+        warn(f"{int((~found).sum())} prototypes of classes {missing[:10]} found {why}: they keep their vectors")
     h, w = best_cell // W, best_cell % W
     new = z[best_img, :, h, w].float()  # (P, D) the cached latent vectors themselves
     with torch.no_grad():
@@ -244,8 +278,7 @@ def push_model(run, model, cub, z: torch.Tensor, y: torch.Tensor, device, k: int
     dup_of = first[inverse]
 
     kk = min(k, len(z))
-    near_d, near_i = torch.topk(min_d, kk, dim=0, largest=False)  # (k, P)
-    near_cell = arg.gather(0, near_i.to(torch.int64)).long()
+    near_d, near_i, near_cell = k_nearest_patches(model, z, kk, device, own=(best_img, best_cell, found))
 
     train_items = cub.split("train")
     weights = model.last_layer.weight.detach().cpu()
@@ -255,7 +288,7 @@ def push_model(run, model, cub, z: torch.Tensor, y: torch.Tensor, device, k: int
         c, img = int(pcls[j]), int(best_img[j])
         protos.append({
             "prototype": j, "class": c, "class_name": cub.classes[c], "image": train_items[img].name,
-            "image_index": img, "cell": [int(h[j]), int(w[j])], "distance": float(best_d[j]),
+            "image_index": img, "cell": [int(h[j]), int(w[j])], "projection_distance": float(best_d[j]),
             "box": [int(v) for v in boxes[j]], "weight": float(weights[c, j]),
             "duplicate_of": int(dup_of[j]) if int(dup_of[j]) != j else None,
             "nearest": [{"image": train_items[int(near_i[r, j])].name, "image_index": int(near_i[r, j]),
@@ -314,6 +347,8 @@ def push_run(run_dir: Path, device, box_map: str = "before") -> dict:
     from protocli.cache import latents
     from protocli.run import Run
 
+    if box_map not in BOX_MAPS:  # before any work
+        raise BadInput(f"--box-map {box_map}: expected before or after")
     run = Run.open(run_dir)
     model = run.load_model(device)
     cub = run.cub()

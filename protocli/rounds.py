@@ -156,8 +156,10 @@ def rounds_run(
     device=None,
     generator: torch.Generator | None = None,
     cfg=None,
+    final_last_epochs: int | None = None,
 ) -> dict:
-    """Alg. 1 on a run (or on a fork at `out`). `cfg` (a ReviseConfig) sets everything but the epochs."""
+    """Alg. 1 on a run (or on a fork at `out`). `cfg` (a ReviseConfig) sets everything but the epochs.
+    `final_last_epochs`: last-layer epochs of the final mask (None: cfg.last_epochs)."""
     from protocli.cache import run_latents
     from protocli.mask import mask_model
     from protocli.revise import ReviseConfig, antitype_matrix, revise_model
@@ -267,7 +269,7 @@ def rounds_run(
             model,
             cub,
             rejected,
-            last_epochs=cfg.last_epochs,
+            last_epochs=cfg.last_epochs if final_last_epochs is None else final_last_epochs,
             lr_last=cfg.lr_last,
             device=device,
             generator=generator,
