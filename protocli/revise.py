@@ -46,17 +46,23 @@ class ReviseConfig:
     refine_distance: str = "squared"  # "squared" (the paper's text) | "l2" (the authors' code)
     refine_reduce: str = "mean"  # "mean" of per-prototype max | "max" over all pairs (the authors' code)
     lr_prototypes: float = 3e-2  # the authors' code: 1e-3
-    # Step size of the prototypes that do not sit on an antitype (None: lr_prototypes for all). Adam
-    # moves every prototype that wins a cell by about lr per coordinate per step, so at 3e-2 accepted
-    # prototypes wander under CE alone and the next push can put them on background.
-    lr_kept: float | None = None
+    # Step size of the prototypes that do not sit on an antitype (None: lr_prototypes for all). 0, the
+    # default, keeps the accepted prototypes where they are: Adam moves every prototype that wins a
+    # cell by about lr per coordinate per step, and a wandering accepted prototype can be pushed onto
+    # background by the next push (docs/paper-regime.md measures 0, 1e-3 and None).
+    lr_kept: float | None = 0.0
     lr_last: float = 1e-4
     last_epochs: int = 20
     batch_size: int = 80
-    # Push only onto patches nearer to the prototype than to every antitype (push.nearest_patches).
+    # The revision push (docs/paper-regime.md has the measurements behind these three):
+    # only onto patches nearer to an accepted prototype (or the prototype itself) than to every
+    # antitype (push.nearest_patches);
     push_avoid: bool = True
-    # No two prototypes on one patch after a revision push (push.distinct_choice).
+    # no two prototypes on one patch (push.distinct_choice);
     push_distinct: bool = True
+    # boxes from the map of the pushed vector, so a verdict is a property of the patch ("before", the
+    # original's map, changes a prototype's box when only its pre-push vector changed).
+    box_map: str = "after"
 
     def check(self) -> None:
         if self.refine_distance not in ("l2", "squared"):
@@ -68,9 +74,13 @@ class ReviseConfig:
                 raise BadInput(f"--{name.replace('_', '-')} {getattr(self, name)}: must be 0 or more")
         if self.batch_size < 1:
             raise BadInput(f"--batch-size {self.batch_size}: must be at least 1")
-        for name in ("lr_prototypes", "lr_last", "lr_kept"):
-            if getattr(self, name) is not None and not getattr(self, name) > 0:
+        for name in ("lr_prototypes", "lr_last"):
+            if not getattr(self, name) > 0:
                 raise BadInput(f"--{name.replace('_', '-')} {getattr(self, name)}: must be positive")
+        if self.lr_kept is not None and not self.lr_kept >= 0:
+            raise BadInput(f"--lr-kept {self.lr_kept}: must be 0 or more")
+        if self.box_map not in ("before", "after"):
+            raise BadInput(f"--box-map {self.box_map}: expected before or after")
         for name in ("lam_refine", "lam_con", "lam_l1", "lam_clst", "lam_sep"):
             if getattr(self, name) < 0:
                 raise BadInput(f"--{name.replace('_', '-')} {getattr(self, name)}: must be 0 or more")
@@ -312,7 +322,8 @@ def revise_model(
         revise_id = st.id
     revised, _ = accs()
     pushed = push_model(run, model, cub, ztr, ytr, device, avoid=q if cfg.push_avoid else None,
-                        keep=accepted if cfg.push_avoid else None, distinct=cfg.push_distinct)
+                        keep=accepted if cfg.push_avoid else None, distinct=cfg.push_distinct,
+                        box_map=cfg.box_map)
     md_tr, md_te = min_distances(model, ztr, device), min_distances(model, zte, device)
     after_push = accuracy_from_min_d(model, md_te, yte)
     train_after_push = accuracy_from_min_d(model, md_tr, ytr)

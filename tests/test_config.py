@@ -15,10 +15,13 @@ AUTHORS_TOML = Path(__file__).resolve().parents[1] / "docs" / "revise-authors.to
 # The authors' code, from its defaults (not from the TOML file): Refine = max over all pairs of the
 # log-similarity of the plain L2 distance, weight 50; Con weight 1; L1 1e-4; no cluster/separation;
 # Adam 1e-3 for the prototypes and 1e-4 for the last layer, 30 epochs per round, no extra
-# last-layer phase per round; 5 rounds; the cell criterion; 300 last-layer epochs at the end.
+# last-layer phase per round; 5 rounds; the cell criterion; 300 last-layer epochs at the end; every
+# prototype at the same rate (lr_kept = lr_prototypes); the original push (no antitype avoidance,
+# duplicates allowed, boxes from the map before projection).
 AUTHORS = ReviseConfig(epochs=30, lam_refine=50.0, lam_con=1.0, lam_l1=1e-4, lam_clst=0.0, lam_sep=0.0,
-                       refine_distance="l2", refine_reduce="max", lr_prototypes=1e-3, lr_kept=None,
-                       lr_last=1e-4, last_epochs=0, batch_size=80)
+                       refine_distance="l2", refine_reduce="max", lr_prototypes=1e-3, lr_kept=1e-3,
+                       lr_last=1e-4, last_epochs=0, batch_size=80, push_avoid=False, push_distinct=False,
+                       box_map="before")
 
 
 @pytest.fixture
@@ -55,8 +58,8 @@ def test_the_authors_setting_is_one_command(captured, tmp_path):
 def test_every_revise_option_reaches_rounds(captured, tmp_path):
     _ok(["rounds", str(tmp_path), "-q", "--epochs", "30", "--lam-refine", "50", "--lam-con", "1", "--lam-l1", "1e-4",
          "--lam-clst", "0", "--lam-sep", "0", "--refine-distance", "l2", "--refine-reduce", "max",
-         "--lr-prototypes", "1e-3", "--lr-last", "1e-4", "--last-epochs", "0", "--batch-size", "80",
-         "--criterion", "cell", "--final-mask", "--final-last-epochs", "300"])
+         "--lr-prototypes", "1e-3", "--lr-kept", "1e-3", "--lr-last", "1e-4", "--last-epochs", "0",
+         "--batch-size", "80", "--no-push-avoid", "--no-distinct", "--box-map", "before", "--criterion", "cell", "--final-mask", "--final-last-epochs", "300"])
     kw = captured["rounds"]
     assert kw["cfg"] == AUTHORS and kw["final_last_epochs"] == 300
     _ok(["rounds", str(tmp_path), "-q", "--lam-clst", "0.8", "--lam-sep", "0.08", "--lr-kept", "1e-3",

@@ -10,7 +10,10 @@ from protocli.cli.common import (
     ANTITYPES_OPT,
     DEVICE_OPT,
     JSON_OPT,
+    BOX_MAP_OPT,
+    DISTINCT_OPT,
     LR_KEPT_OPT,
+    PUSH_AVOID_OPT,
     LR_PROTOTYPES_OPT,
     OUT_RUN_OPT,
     QUIET_OPT,
@@ -127,6 +130,9 @@ def revise(
     lr_last: float = LR_LAST_OPT,
     last_epochs: int = LAST_EPOCHS_OPT,
     batch_size: int = BATCH_SIZE_OPT,
+    push_avoid: bool = PUSH_AVOID_OPT,
+    push_distinct: bool = DISTINCT_OPT,
+    box_map: str = BOX_MAP_OPT,
     out: Path | None = OUT_RUN_OPT,
     device: str = DEVICE_OPT,
     seed: int = SEED_OPT,
@@ -145,7 +151,7 @@ def revise(
             epochs=epochs, lam_refine=lam_refine, lam_con=lam_con, lam_l1=lam_l1, lam_clst=lam_clst,
             lam_sep=lam_sep, refine_distance=refine_distance, refine_reduce=refine_reduce,
             lr_prototypes=lr_prototypes, lr_kept=lr_kept, lr_last=lr_last, last_epochs=last_epochs,
-            batch_size=batch_size))
+            batch_size=batch_size, push_avoid=push_avoid, push_distinct=push_distinct, box_map=box_map))
         return revise_run(run, cfg, antitypes=antitypes, out=out, device=pick_device(device),
                           generator=seed_everything(seed))
 
@@ -173,6 +179,9 @@ def rounds(
     lr_last: float = LR_LAST_OPT,
     last_epochs: int = LAST_EPOCHS_OPT,
     batch_size: int = BATCH_SIZE_OPT,
+    push_avoid: bool = PUSH_AVOID_OPT,
+    push_distinct: bool = DISTINCT_OPT,
+    box_map: str = BOX_MAP_OPT,
     finally_mask: bool = typer.Option(False, "--final-mask/--no-final-mask",
                                       help="After the rounds, mask prototypes still rejected and fine-tune."),
     final_last_epochs: int | None = typer.Option(None, help="Last-layer epochs of the final mask (default: "
@@ -196,7 +205,7 @@ def rounds(
             epochs=epochs, lam_refine=lam_refine, lam_con=lam_con, lam_l1=lam_l1, lam_clst=lam_clst,
             lam_sep=lam_sep, refine_distance=refine_distance, refine_reduce=refine_reduce,
             lr_prototypes=lr_prototypes, lr_kept=lr_kept, lr_last=lr_last, last_epochs=last_epochs,
-            batch_size=batch_size))
+            batch_size=batch_size, push_avoid=push_avoid, push_distinct=push_distinct, box_map=box_map))
         r = merged(ctx, rounds_file, {"n_rounds": n_rounds, "criterion": criterion.value,
                                       "finally_mask": finally_mask, "final_last_epochs": final_last_epochs},
                    keys={"n_rounds": "rounds", "finally_mask": "final_mask"})
