@@ -8,14 +8,14 @@ import typer
 
 from protocli.cli.common import (
     ANTITYPES_OPT,
-    DEVICE_OPT,
-    JSON_OPT,
     BOX_MAP_OPT,
+    DEVICE_OPT,
     DISTINCT_OPT,
+    JSON_OPT,
     LR_KEPT_OPT,
-    PUSH_AVOID_OPT,
     LR_PROTOTYPES_OPT,
     OUT_RUN_OPT,
+    PUSH_AVOID_OPT,
     QUIET_OPT,
     SEED_OPT,
     Criterion,
