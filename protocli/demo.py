@@ -164,5 +164,5 @@ def demo_run(out: Path = Path("demo"), device: torch.device | None = None, seed:
                 "prototypes with object overlap >= .75, clicks, active prototypes, activation precision",
                 [{COLUMNS[k]: r[k] for k in COLUMNS} for r in rows], list(COLUMNS.values()))
     info(f"report: {rep['report']}\nresults: {out / 'results.json'}  ({seconds['total']} s)")
-    info(f"look at the prototypes yourself: [bold]{review}[/]")
+    info(f"look at the prototypes yourself: {review}")
     return result

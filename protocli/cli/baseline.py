@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from protocli.cli.common import DEVICE_OPT, JSON_OPT, QUIET_OPT, SEED_OPT, Criterion, execute, kv
+from protocli.cli.common import DEVICE_OPT, JSON_OPT, QUIET_OPT, SEED_OPT, WAIT_OPT, Criterion, execute, kv
 from protocli.recipes import default_help as R
 
 app = typer.Typer(rich_markup_mode=None)
@@ -97,6 +97,7 @@ def train(
     workers: int | None = typer.Option(None, help="DataLoader workers (default: from the CPU count)."),
     seed: int = SEED_OPT,
     resume: bool = typer.Option(False, help="Continue an interrupted training of --run from its checkpoint."),
+    wait: bool = WAIT_OPT,
     as_json: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
 ):
@@ -117,13 +118,14 @@ def train(
         )
         return train_run(data, run, cfg, device=pick_device(device), resume=resume)
 
-    execute(go, as_json, quiet, kv("training"))
+    execute(go, as_json, quiet, kv("training"), lock=run, wait=wait, new_run=True)
 
 
 @app.command()
 def push(
     run: Path = typer.Argument(..., help="Run folder."),
     device: str = DEVICE_OPT,
+    wait: bool = WAIT_OPT,
     as_json: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
 ):
@@ -135,7 +137,7 @@ def push(
 
         return push_run(run, device=pick_device(device))
 
-    execute(go, as_json, quiet, kv("push"))
+    execute(go, as_json, quiet, kv("push"), lock=run, wait=wait)
 
 
 @app.command()
