@@ -105,7 +105,7 @@ def read_manifest(run_dir, full: bool = True) -> dict:
     if full:
         data = c.obj(m, "data", "")
         c.get(data, "root", "data.", lambda v: isinstance(v, str) and v != "", "a folder path")
-        c.get(data, "fingerprint", "data.", lambda v: v is None or isinstance(v, str), "a string", optional=True)
+        c.get(data, "fingerprint", "data.", lambda v: v is None or isinstance(v, str), "a string")
         c.get(data, "crop", "data.", lambda v: isinstance(v, bool), "true or false", optional=True)
         model = c.obj(m, "model", "")
         c.get(model, "backbone", "model.", lambda v: isinstance(v, str) and v != "", "a backbone name")
