@@ -252,20 +252,22 @@ class Run:
         root = self.path / "stages"
         listed = {s["id"] for s in self.manifest["stages"]}
         removed = []
+        for p in self.path.glob(".*.tmp"):  # temporaries of atomic writes into the run folder
+            if p.is_file():
+                p.unlink(missing_ok=True)
+                removed.append(p.name)
         if root.is_dir():
             for p in root.iterdir():
                 if p.name not in listed and p.name != keep:
                     shutil.rmtree(p) if p.is_dir() else p.unlink()
                     removed.append(p.name)
-        cur, dst = self.weights_path, self.path / WEIGHTS
-        if cur != dst and cur.exists() and not (dst.exists() and os.path.samefile(cur, dst)):
-            self._link_current()
+        self._link_current()
         return removed
 
     def _link_current(self) -> None:
         src, dst = self.weights_path, self.path / WEIGHTS
-        if src == dst or not src.exists():
-            return
+        if src == dst or not src.exists() or (dst.exists() and os.path.samefile(src, dst)):
+            return  # (renaming a hard link over its twin would do nothing and leave the temporary)
         tmp = self.path / f".{WEIGHTS}.{secrets.token_hex(4)}.tmp"
         try:
             os.link(src, tmp)
