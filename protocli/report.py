@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from protocli.console import info
-from protocli.files import atomic_write_bytes, atomic_write_text, read_json
-from protocli.runfiles import read_push_doc
+from protocli.files import atomic_write_bytes, atomic_write_text
+from protocli.runfiles import read_push_doc, read_rounds
 
 PCA_SAMPLE = 20000  # grid vectors in the PCA: enough for smooth densities, fast on a CPU
 GALLERY_MAX = 16
@@ -221,9 +221,7 @@ def report_run(run_dir: Path, out: Path | None = None, conditions: list[dict] | 
     ev = evaluate_model(run, model, cub, device, criterion="box", apr=False)
     pushes = run.stage_dirs("push")
     docs = [read_push_doc(p) for p in pushes]
-    rounds_path = run.path / "rounds.json"
-    rounds = read_json(rounds_path, "rounds file") if rounds_path.exists() else None
-    round_rows = (rounds.get("rounds", []) if isinstance(rounds, dict) else rounds) or []
+    round_rows = read_rounds(run.path / "rounds.json")
     active = (model.prototype_mask.detach().cpu() > 0).numpy()
     pcls = model.prototype_class.cpu()
     w_own = model.last_layer.weight.detach().cpu()[pcls, torch.arange(model.num_prototypes)].numpy()

@@ -110,11 +110,42 @@ def read_manifest(run_dir, full: bool = True) -> dict:
         model = c.obj(m, "model", "")
         c.get(model, "backbone", "model.", lambda v: isinstance(v, str) and v != "", "a backbone name")
         train = c.obj(m, "train", "")
-        known = {f.name for f in fields(TrainConfig)}
-        extra = sorted(set(train) - known)
+        types = {f.name: str(f.type) for f in fields(TrainConfig)}
+        extra = sorted(set(train) - set(types))
         if extra:
             raise c.fail(f"train.{extra[0]} is not a training option of this protocli")
+        for key, value in train.items():  # `train --resume` builds its config from these
+            c.need(_fits(value, types[key]), f"train.{key}", value, types[key])
     return m
+
+
+def _fits(value: Any, annotation: str) -> bool:
+    """Does a JSON value fit a TrainConfig field annotated "int", "float", "str | None", ...?"""
+    kinds = {k.strip() for k in annotation.split("|")}
+    return ((value is None and "None" in kinds) or (isinstance(value, bool) and "bool" in kinds)
+            or (_int(value) and ("int" in kinds or "float" in kinds)) or (_num(value) and "float" in kinds)
+            or (isinstance(value, str) and "str" in kinds))
+
+
+ROUND_NUMBERS = ("round", "non_object", "clicks", "decisions", "antitypes", "accuracy_before_ft",
+                 "accuracy_after_ft", "train_accuracy", "non_object_after", "overlap_ge_75", "unique", "seconds")
+
+
+def read_rounds(path) -> list[dict]:
+    """The rows of RUN/rounds.json (what `rounds` writes), each number checked; [] when there is none."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    doc = read_json(path, "rounds file")
+    c = _Checker(path)
+    rows = doc.get("rounds") if isinstance(doc, dict) else doc
+    c.need(isinstance(rows, list), "rounds", rows, "a list of rows")
+    for i, row in enumerate(rows):
+        c.need(isinstance(row, dict), f"rounds[{i}]", row, "an object")
+        for key in ROUND_NUMBERS:
+            if key in row:
+                c.need(row[key] is None or _num(row[key]), f"rounds[{i}].{key}", row[key], "a number or null")
+    return rows
 
 
 def stage_ids(manifest: dict, kind: str | None = None) -> list[str]:

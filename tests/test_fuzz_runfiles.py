@@ -76,7 +76,8 @@ def manifest_spec(doc: dict) -> list[tuple[tuple, list, bool]]:
             (("data",), BAD_OBJ, True), (("data", "root"), ["", None, 1], True),
             (("data", "fingerprint"), [1, []], True), (("data", "crop"), ["yes", 1, None], False),
             (("model",), BAD_OBJ, True), (("model", "backbone"), ["", None, 1], True),
-            (("train",), BAD_OBJ, True), (("train", "no_such_option"), [1], False)]
+            (("train",), BAD_OBJ, True), (("train", "no_such_option"), [1], False),
+            (("train", "seed"), ["0", 1.5, None, True], False), (("train", "lr_last"), ["x", None, True], False)]
 
 
 def expand(doc, path: tuple, rng: random.Random, picks: int) -> list[tuple]:

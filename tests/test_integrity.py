@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -236,3 +237,17 @@ def test_fork_copies_only_committed_stages(tmp_path):
     fork = run.fork(tmp_path / "fork")
     assert sorted(p.name for p in (fork.path / "stages").iterdir()) == ["001-train"]
     assert fork.manifest["forked_from"][0]["run"] == str(run.path.resolve())
+
+
+def test_damaged_rounds_json_is_bad_input(tmp_path):
+    from protocli.runfiles import read_rounds
+
+    path = tmp_path / "rounds.json"
+    assert read_rounds(path) == []
+    for doc, fault in (({"rounds": {}}, "rounds is {}"), ({"rounds": [1]}, "rounds[0] is 1"),
+                       ({"rounds": [{"round": 0, "clicks": "many"}]}, "rounds[0].clicks is 'many'")):
+        path.write_text(json.dumps(doc))
+        with pytest.raises(BadInput, match=re.escape(fault)):
+            read_rounds(path)
+    path.write_text(json.dumps({"rounds": [{"round": 0, "clicks": 0, "accuracy_after_ft": None}]}))
+    assert read_rounds(path)[0]["round"] == 0
