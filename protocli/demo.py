@@ -44,8 +44,9 @@ COLUMNS = {"condition": "condition", "train_accuracy": "train", "accuracy": "tes
 
 
 def _stages(run_dir: Path) -> set[str]:
-    path = run_dir / "manifest.json"
-    return {s["kind"] for s in read_json(path, "run manifest")["stages"]} if path.exists() else set()
+    from protocli.runfiles import read_manifest
+
+    return {s["kind"] for s in read_manifest(run_dir)["stages"]} if (run_dir / "manifest.json").exists() else set()
 
 
 def _fresh_fork(path: Path, base: Path) -> None:
@@ -54,7 +55,8 @@ def _fresh_fork(path: Path, base: Path) -> None:
         return
     manifest = path / "manifest.json"
     origins = read_json(manifest, "run manifest").get("forked_from", []) if manifest.exists() else []
-    if not any(Path(o["run"]) == base.resolve() for o in origins):
+    if not isinstance(origins, list) or not any(isinstance(o, dict) and Path(str(o.get("run"))) == base.resolve()
+                                                for o in origins):
         raise BadInput("exists and is not a demo fork of the baseline; remove it or choose another --out", path)
     shutil.rmtree(path)
 
@@ -94,7 +96,7 @@ def revise_rounds(base: Path, rev: Path, device, seed: int) -> dict:
 
     table = rev / "rounds.json"
     done = read_json(table, "rounds file") if table.exists() else {}
-    if done.get("status") in ("done", "converged"):
+    if isinstance(done, dict) and done.get("status") in ("done", "converged"):
         info(f"[3/6] revision: using the rounds in {rev}")
         return done
     _fresh_fork(rev, base)
