@@ -56,8 +56,9 @@ COLUMNS = {"condition": "condition", "train_accuracy": "train", "accuracy": "tes
 
 
 def _stages(run_dir: Path) -> set[str]:
-    path = run_dir / "manifest.json"
-    return {s["kind"] for s in read_json(path, "run manifest")["stages"]} if path.exists() else set()
+    from protocli.runfiles import read_manifest
+
+    return {s["kind"] for s in read_manifest(run_dir)["stages"]} if (run_dir / "manifest.json").exists() else set()
 
 
 def _fresh_fork(path: Path, base: Path) -> None:
@@ -66,7 +67,8 @@ def _fresh_fork(path: Path, base: Path) -> None:
         return
     manifest = path / "manifest.json"
     origins = read_json(manifest, "run manifest").get("forked_from", []) if manifest.exists() else []
-    if not any(Path(o["run"]) == base.resolve() for o in origins):
+    if not isinstance(origins, list) or not any(isinstance(o, dict) and Path(str(o.get("run"))) == base.resolve()
+                                                for o in origins):
         raise BadInput("exists and is not a demo fork of the baseline; remove it or choose another --out", path)
     shutil.rmtree(path)
 
@@ -129,7 +131,7 @@ def revise_rounds(base: Path, rev: Path, device, seed: int) -> dict:
 
     table = rev / "rounds.json"
     done = read_json(table, "rounds file") if table.exists() else {}
-    if done.get("status") in ("done", "converged"):
+    if isinstance(done, dict) and done.get("status") in ("done", "converged"):
         info(f"[4/7] revision: using the rounds in {rev}")
         return done
     _fresh_fork(rev, base)
@@ -204,5 +206,5 @@ def demo_run(out: Path = Path("demo"), device: torch.device | None = None, seed:
                 "prototypes with object overlap >= .75, clicks, active prototypes, activation precision",
                 [{COLUMNS[k]: r[k] for k in COLUMNS} for r in rows], list(COLUMNS.values()))
     info(f"report: {rep['report']}\nresults: {out / 'results.json'}  ({seconds['total']} s)")
-    info(f"look at the prototypes yourself: [bold]{review}[/]")
+    info(f"look at the prototypes yourself: {review}")
     return result

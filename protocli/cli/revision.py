@@ -18,6 +18,7 @@ from protocli.cli.common import (
     PUSH_AVOID_OPT,
     QUIET_OPT,
     SEED_OPT,
+    WAIT_OPT,
     Criterion,
     Distance,
     Graphics,
@@ -37,6 +38,7 @@ def simulate(
     criterion: Criterion = typer.Option(Criterion.box, help="box: the 95th-percentile box misses the object; "
                                         "cell: the prototype's latent cell holds no object."),
     antitypes: Path | None = ANTITYPES_OPT,
+    wait: bool = WAIT_OPT,
     as_json: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
 ):
@@ -47,7 +49,7 @@ def simulate(
 
         return simulate_run(run, criterion=criterion.value, antitypes=antitypes)
 
-    execute(go, as_json, quiet, kv("simulated review"))
+    execute(go, as_json, quiet, kv("simulated review"), lock=run, wait=wait)
 
 
 @app.command()
@@ -55,6 +57,7 @@ def review(
     run: Path = typer.Argument(..., help="Run folder (needs a push)."),
     graphics: Graphics = typer.Option(Graphics.auto, help="Pictures: auto, kitty, sixel, halfcell or none."),
     push_id: str | None = typer.Option(None, "--push", help="Review this push instead of the latest."),
+    wait: bool = WAIT_OPT,
     as_json: bool = JSON_OPT,
 ):
     """Open the review TUI: look at every prototype, reject the ones that show background."""
@@ -62,7 +65,7 @@ def review(
     def go():
         from protocli.review import review as review_app
 
-        return review_app(run, graphics=graphics.value, push=push_id)
+        return review_app(run, graphics=graphics.value, push=push_id, wait=wait)
 
     execute(go, as_json, False, kv("review"))
 
@@ -76,6 +79,7 @@ def mask(
     out: Path | None = OUT_RUN_OPT,
     device: str = DEVICE_OPT,
     seed: int = SEED_OPT,
+    wait: bool = WAIT_OPT,
     as_json: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
 ):
@@ -88,7 +92,7 @@ def mask(
         return mask_run(run, antitypes=antitypes, last_epochs=last_epochs, lr_last=lr_last, out=out,
                         device=pick_device(device), generator=seed_everything(seed))
 
-    execute(go, as_json, quiet, kv("masking"))
+    execute(go, as_json, quiet, kv("masking"), lock=None if out else run, wait=wait)
 
 
 # Revise settings, shared by `revise` and `rounds` (the fields of ReviseConfig but `epochs`, whose help
@@ -136,6 +140,7 @@ def revise(
     out: Path | None = OUT_RUN_OPT,
     device: str = DEVICE_OPT,
     seed: int = SEED_OPT,
+    wait: bool = WAIT_OPT,
     as_json: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
 ):
@@ -155,7 +160,7 @@ def revise(
         return revise_run(run, cfg, antitypes=antitypes, out=out, device=pick_device(device),
                           generator=seed_everything(seed))
 
-    execute(go, as_json, quiet, kv("revision"))
+    execute(go, as_json, quiet, kv("revision"), lock=None if out else run, wait=wait)
 
 
 @app.command()
@@ -190,6 +195,7 @@ def rounds(
     out: Path | None = OUT_RUN_OPT,
     device: str = DEVICE_OPT,
     seed: int = SEED_OPT,
+    wait: bool = WAIT_OPT,
     as_json: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
 ):
@@ -223,4 +229,4 @@ def rounds(
         rows = result.get("rounds", [])
         print_table("rounds", rows, [c for c in cols if rows and c in rows[0]])
 
-    execute(go, as_json, quiet, show)
+    execute(go, as_json, quiet, show, lock=None if out else run, wait=wait)

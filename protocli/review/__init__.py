@@ -33,12 +33,17 @@ def check_terminal() -> None:
             raise BadInput(f"protocli review needs a terminal, but {name} is not a TTY")
 
 
-def review(run_dir: Path, graphics: str = "auto", push: str | None = None) -> dict:
+def review(run_dir: Path, graphics: str = "auto", push: str | None = None, wait: bool = False) -> dict:
     """Open the review app on the run's latest push (or `push`) and block until the user quits.
 
     Decisions of the previous push carry over where a prototype still sits on the same patch.
+    The app holds the run lock while it is open, so no other command changes antitypes.json under
+    it; when another command holds the lock, it opens read-only (or, with `wait`, waits for it).
     BadInput: no push in the run, unknown push or graphics value, a bad antitypes.json, no terminal.
     """
+    from contextlib import ExitStack
+
+    from protocli import lock
     from protocli.review.pictures import GRAPHICS, make_renderer
     from protocli.review.state import list_pushes, open_state
 
@@ -46,17 +51,23 @@ def review(run_dir: Path, graphics: str = "auto", push: str | None = None) -> di
         raise BadInput(f"--graphics is {graphics!r}, expected one of {', '.join(GRAPHICS)}")
     # Check the run before the terminal: a script without a TTY still learns what is wrong with it.
     run_dir = Path(run_dir)
-    pushes = list_pushes(run_dir)
     if not run_dir.is_dir():
         raise BadInput("run folder not found", run_dir)
+    pushes = list_pushes(run_dir)
     if not pushes:
         raise BadInput("this run has no push yet; run `protocli push RUN` first", run_dir)
     if push is not None and push not in pushes:
         raise BadInput(f"push {push!r} not found; pushes: {', '.join(pushes)}", run_dir / "stages")
     check_terminal()
-    state = open_state(run_dir, push)
-    renderer = make_renderer(graphics)  # may probe the terminal: must happen before App.run()
-    from protocli.review.app import ReviewApp
+    with ExitStack() as stack:
+        busy = None
+        try:
+            stack.enter_context(lock.hold(run_dir, wait=wait))
+        except lock.Busy:
+            busy = f"read-only: {run_dir} is in use by {lock.describe(lock.holder(run_dir))}"
+        state = open_state(run_dir, push, busy=busy)
+        renderer = make_renderer(graphics)  # may probe the terminal: must happen before App.run()
+        from protocli.review.app import ReviewApp
 
-    ReviewApp(state, renderer).run()
-    return state.summary()
+        ReviewApp(state, renderer).run()
+        return state.summary()
