@@ -47,7 +47,8 @@ def prototypes_spec(doc: dict) -> list[tuple[tuple, list, bool]]:
             (("img_size",), [0, -3, 1.5, "32", None, True], True), (("grid",), BAD_PAIR, True),
             (("crop",), BAD_BOOL, True), (("classes",), [[], "x", [1], None], True),
             (("prototypes",), BAD_LIST, True)]
-    for key, bad in [("prototype", [*BAD_INDEX, P + 3]), *patch, ("class_name", BAD_STR), ("weight", BAD_NUM),
+    own = [("projection_distance", bad) if key == "distance" else (key, bad) for key, bad in patch]
+    for key, bad in [("prototype", [*BAD_INDEX, P + 3]), *own, ("class_name", BAD_STR), ("weight", BAD_NUM),
                      ("duplicate_of", ["0", 1.5, -1, P]), ("nearest", BAD_LIST)]:
         spec.append((("prototypes", "*", key), bad, True))
     for key, bad in patch:

@@ -132,8 +132,8 @@ def test_push_with_a_class_without_training_images_writes_strict_json(tiny_run):
     for path in (push / "prototypes.json", tiny_run / "manifest.json"):
         json.loads(path.read_text(), parse_constant=no_constants)
     doc = read_push_doc(push)
-    assert [p["distance"] for p in doc["prototypes"] if p["class"] == 0] == [None, None]
-    assert all(p["distance"] is not None for p in doc["prototypes"] if p["class"] != 0)
+    assert [p["projection_distance"] for p in doc["prototypes"] if p["class"] == 0] == [None, None]
+    assert all(p["projection_distance"] is not None for p in doc["prototypes"] if p["class"] != 0)
 
 
 def test_json_output_is_strict():
