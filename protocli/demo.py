@@ -95,6 +95,7 @@ def make_data(data: Path, seed: int, params: dict | None = None, step: str = "[1
 def make_encoder(out: Path, seed: int, device) -> Path:
     """OUT/encoder.safetensors: `tiny` pretrained as a classifier on OUT/pretrain-data (made when missing)."""
     from protocli.pretrain import pretrain
+    from protocli.runtime import seed_everything
 
     enc = out / "encoder.safetensors"
     make_data(out / "pretrain-data", seed + PRETRAIN_SEED, {**DATA, **PRETRAIN_DATA}, step="[2/7] encoder")
@@ -102,8 +103,9 @@ def make_encoder(out: Path, seed: int, device) -> Path:
         info(f"[2/7] encoder: using {enc}")
         return enc
     info(f"[2/7] encoder: pretraining tiny as a classifier on uniform backgrounds -> {enc}")
+    # seeded as `protocli pretrain --seed` seeds it (the initial weights come from the global generator)
     pretrain(out / "pretrain-data", enc, backbone=TRAIN["backbone"], img_size=DATA["size"], device=device,
-             generator=torch.Generator().manual_seed(seed), **PRETRAIN)
+             generator=seed_everything(seed), **PRETRAIN)
     return enc
 
 

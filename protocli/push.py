@@ -27,16 +27,19 @@ from protocli.files import atomic_write_bytes, atomic_write_json
 
 def nearest_patches(model, z: torch.Tensor, y: torch.Tensor, device, batch_size: int = 64,
                     avoid: torch.Tensor | None = None, keep: torch.Tensor | None = None,
-                    distinct: bool = False, pool: int = 16):
+                    margin: float = 0.5, distinct: bool = False, pool: int = 16):
     """For every prototype: the nearest own-class cell over all images.
 
     `avoid` (S, D), the antitypes Q, and `keep` (A, D), the accepted prototype vectors: the user's
     verdicts label patches by their nearest neighbour. A cell is a candidate for prototype j only
-    when it is nearer to p_j or to an accepted vector than to every antitype. So no push lands on a
-    rejected patch (distance 0 to its antitype) nor on one that looks more like a rejected patch
-    than like anything accepted; an accepted prototype's own patch stays allowed. (p_j alone is not
-    enough: revision can carry a rejected prototype off the data, where every patch is nearer to
-    some antitype than to it.)
+    when it is nearer to p_j than to every antitype, or clearly nearer to an accepted vector: its
+    squared distance to the nearest accepted vector is below `margin` times that to the nearest
+    antitype. So no push lands on a rejected patch (distance 0 to its antitype) nor on one that
+    looks more like a rejected patch than like anything accepted; an accepted prototype's own patch
+    stays allowed. (p_j alone is not enough: revision can carry a rejected prototype off the data,
+    where every patch is nearer to some antitype than to it. The margin, because the user's accepts
+    include background patches near the object: with margin 1 a revised prototype kept landing on
+    new border patches of background; docs/paper-regime.md.)
 
     `distinct`: no two prototypes on one (image, cell). Each prototype keeps its `pool` nearest
     candidates and `distinct_choice` matches prototypes to cells, the nearer prototype winning a
@@ -68,7 +71,7 @@ def nearest_patches(model, z: torch.Tensor, y: torch.Tensor, device, batch_size:
                 ok = d < dq[:, None, :]
                 if a is not None:
                     da = torch.cdist(cells, a[None].expand(len(zb), -1, -1)).square().amin(dim=2)
-                    ok |= (da < dq)[:, None, :]
+                    ok |= (da < margin * dq)[:, None, :]
                 d = torch.where(ok, d, torch.inf)
             d = torch.where((yb[:, None] == pcls[None, :])[:, :, None], d, torch.inf)
             # Running per-prototype pool of the nearest candidates; key = global image * HW + cell.
@@ -243,7 +246,7 @@ BOX_MAPS = ("before", "after")
 
 def push_model(run, model, cub, z: torch.Tensor, y: torch.Tensor, device, k: int = 5,
                box_map: str = "before", avoid: torch.Tensor | None = None, keep: torch.Tensor | None = None,
-               distinct: bool = False) -> dict:
+               margin: float = 0.5, distinct: bool = False) -> dict:
     """The push stage on cached latents `z` of the train split. Commits a NNN-push stage.
 
     `box_map` picks the activation map behind each prototype's box and heatmap, both on the image it
@@ -255,7 +258,7 @@ def push_model(run, model, cub, z: torch.Tensor, y: torch.Tensor, device, k: int
     t0 = time.perf_counter()
     size, crop = model.cfg.img_size, run.crop
     H, W = z.shape[2], z.shape[3]
-    best_d, best_img, best_cell, _, _ = nearest_patches(model, z, y, device, avoid=avoid, keep=keep,
+    best_d, best_img, best_cell, _, _ = nearest_patches(model, z, y, device, avoid=avoid, keep=keep, margin=margin,
                                                         distinct=distinct)
     found = torch.isfinite(best_d)
     if not bool(found.all()):

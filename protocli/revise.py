@@ -58,6 +58,9 @@ class ReviseConfig:
     # only onto patches nearer to an accepted prototype (or the prototype itself) than to every
     # antitype (push.nearest_patches);
     push_avoid: bool = True
+    # ... "clearly nearer": squared distance to the nearest accepted vector below push_margin times
+    # that to the nearest antitype;
+    push_margin: float = 0.5
     # no two prototypes on one patch (push.distinct_choice);
     push_distinct: bool = True
     # boxes from the map of the pushed vector, so a verdict is a property of the patch ("before", the
@@ -79,6 +82,8 @@ class ReviseConfig:
                 raise BadInput(f"--{name.replace('_', '-')} {getattr(self, name)}: must be positive")
         if self.lr_kept is not None and not self.lr_kept >= 0:
             raise BadInput(f"--lr-kept {self.lr_kept}: must be 0 or more")
+        if not 0 < self.push_margin <= 1:
+            raise BadInput(f"--push-margin {self.push_margin}: expected a number in (0, 1]")
         if self.box_map not in ("before", "after"):
             raise BadInput(f"--box-map {self.box_map}: expected before or after")
         for name in ("lam_refine", "lam_con", "lam_l1", "lam_clst", "lam_sep"):
@@ -322,7 +327,8 @@ def revise_model(
         revise_id = st.id
     revised, _ = accs()
     pushed = push_model(run, model, cub, ztr, ytr, device, avoid=q if cfg.push_avoid else None,
-                        keep=accepted if cfg.push_avoid else None, distinct=cfg.push_distinct,
+                        keep=accepted if cfg.push_avoid else None, margin=cfg.push_margin,
+                        distinct=cfg.push_distinct,
                         box_map=cfg.box_map)
     md_tr, md_te = min_distances(model, ztr, device), min_distances(model, zte, device)
     after_push = accuracy_from_min_d(model, md_te, yte)

@@ -23,6 +23,8 @@ LR_KEPT_OPT = typer.Option(0.0, help="Learning rate of the prototypes that do no
                            "accepted ones); 0 keeps them on their patches. See docs/paper-regime.md.")
 PUSH_AVOID_OPT = typer.Option(True, "--push-avoid/--no-push-avoid", help="Revision push: project a prototype only "
                               "onto patches nearer to it or to an accepted prototype than to every antitype.")
+PUSH_MARGIN_OPT = typer.Option(0.5, help="Revision push: a patch counts as like the accepted prototypes when its "
+                               "squared distance to the nearest one is below this times that to the nearest antitype.")
 DISTINCT_OPT = typer.Option(True, "--distinct/--no-distinct", help="Revision push: no two prototypes on one patch "
                             "(the nearer prototype keeps a contested patch).")
 BOX_MAP_OPT = typer.Option("after", "--box-map", help="Revision push boxes from the map of the pushed vector "

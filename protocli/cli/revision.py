@@ -16,6 +16,7 @@ from protocli.cli.common import (
     LR_PROTOTYPES_OPT,
     OUT_RUN_OPT,
     PUSH_AVOID_OPT,
+    PUSH_MARGIN_OPT,
     QUIET_OPT,
     SEED_OPT,
     WAIT_OPT,
@@ -135,6 +136,7 @@ def revise(
     last_epochs: int = LAST_EPOCHS_OPT,
     batch_size: int = BATCH_SIZE_OPT,
     push_avoid: bool = PUSH_AVOID_OPT,
+    push_margin: float = PUSH_MARGIN_OPT,
     push_distinct: bool = DISTINCT_OPT,
     box_map: str = BOX_MAP_OPT,
     out: Path | None = OUT_RUN_OPT,
@@ -156,7 +158,7 @@ def revise(
             epochs=epochs, lam_refine=lam_refine, lam_con=lam_con, lam_l1=lam_l1, lam_clst=lam_clst,
             lam_sep=lam_sep, refine_distance=refine_distance, refine_reduce=refine_reduce,
             lr_prototypes=lr_prototypes, lr_kept=lr_kept, lr_last=lr_last, last_epochs=last_epochs,
-            batch_size=batch_size, push_avoid=push_avoid, push_distinct=push_distinct, box_map=box_map))
+            batch_size=batch_size, push_avoid=push_avoid, push_margin=push_margin, push_distinct=push_distinct, box_map=box_map))
         return revise_run(run, cfg, antitypes=antitypes, out=out, device=pick_device(device),
                           generator=seed_everything(seed))
 
@@ -185,6 +187,7 @@ def rounds(
     last_epochs: int = LAST_EPOCHS_OPT,
     batch_size: int = BATCH_SIZE_OPT,
     push_avoid: bool = PUSH_AVOID_OPT,
+    push_margin: float = PUSH_MARGIN_OPT,
     push_distinct: bool = DISTINCT_OPT,
     box_map: str = BOX_MAP_OPT,
     finally_mask: bool = typer.Option(False, "--final-mask/--no-final-mask",
@@ -211,7 +214,7 @@ def rounds(
             epochs=epochs, lam_refine=lam_refine, lam_con=lam_con, lam_l1=lam_l1, lam_clst=lam_clst,
             lam_sep=lam_sep, refine_distance=refine_distance, refine_reduce=refine_reduce,
             lr_prototypes=lr_prototypes, lr_kept=lr_kept, lr_last=lr_last, last_epochs=last_epochs,
-            batch_size=batch_size, push_avoid=push_avoid, push_distinct=push_distinct, box_map=box_map))
+            batch_size=batch_size, push_avoid=push_avoid, push_margin=push_margin, push_distinct=push_distinct, box_map=box_map))
         r = merged(ctx, rounds_file, {"n_rounds": n_rounds, "criterion": criterion.value,
                                       "finally_mask": finally_mask, "final_last_epochs": final_last_epochs},
                    keys={"n_rounds": "rounds", "finally_mask": "final_mask"})
