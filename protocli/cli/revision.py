@@ -10,14 +10,17 @@ from protocli.cli.common import (
     ANTITYPES_OPT,
     DEVICE_OPT,
     JSON_OPT,
+    LOOK_ALIKES_OPT,
     LR_KEPT_OPT,
     LR_PROTOTYPES_OPT,
+    ORDER_OPT,
     OUT_RUN_OPT,
     QUIET_OPT,
     SEED_OPT,
     Criterion,
     Distance,
     Graphics,
+    Order,
     Reduce,
     User,
     execute,
@@ -33,15 +36,22 @@ def simulate(
     criterion: Criterion = typer.Option(Criterion.box, help="box: the 95th-percentile box misses the object; "
                                         "cell: the prototype's latent cell holds no object."),
     antitypes: Path | None = ANTITYPES_OPT,
+    order: Order = ORDER_OPT,
+    look_alikes: bool = LOOK_ALIKES_OPT,
     as_json: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
 ):
-    """The simulated user: reject prototypes whose patch does not touch the object."""
+    """The simulated user: reject prototypes whose patch does not touch the object.
+
+    It also reports the review effort of a user who follows the review TUI in --order (with
+    --look-alikes: and its look-alike offers): prototypes looked at to find 90% and 100% of the
+    non-object ones (looked_90, looked_100) and reject keys pressed (keys)."""
 
     def go():
         from protocli.simulate import simulate_run
 
-        return simulate_run(run, criterion=criterion.value, antitypes=antitypes)
+        return simulate_run(run, criterion=criterion.value, antitypes=antitypes, order=order.value,
+                            look_alikes=look_alikes)
 
     execute(go, as_json, quiet, kv("simulated review"))
 
@@ -51,6 +61,8 @@ def review(
     run: Path = typer.Argument(..., help="Run folder (needs a push)."),
     graphics: Graphics = typer.Option(Graphics.auto, help="Pictures: auto, kitty, sixel, halfcell or none."),
     push_id: str | None = typer.Option(None, "--push", help="Review this push instead of the latest."),
+    order: Order = typer.Option(Order.id, "--order", help="First order of the cards: id, or suspicion "
+                                "(background-like first; `s` in the app switches)."),
     as_json: bool = JSON_OPT,
 ):
     """Open the review TUI: look at every prototype, reject the ones that show background."""
@@ -58,7 +70,7 @@ def review(
     def go():
         from protocli.review import review as review_app
 
-        return review_app(run, graphics=graphics.value, push=push_id)
+        return review_app(run, graphics=graphics.value, push=push_id, order=order.value)
 
     execute(go, as_json, False, kv("review"))
 
@@ -136,6 +148,8 @@ def rounds(
     criterion: Criterion = typer.Option(Criterion.box, help="Simulated user's non-object criterion."),
     lr_prototypes: float = LR_PROTOTYPES_OPT,
     lr_kept: float | None = LR_KEPT_OPT,
+    order: Order = ORDER_OPT,
+    look_alikes: bool = LOOK_ALIKES_OPT,
     finally_mask: bool = typer.Option(False, "--final-mask/--no-final-mask",
                                       help="After the rounds, mask prototypes still rejected and fine-tune."),
     graphics: Graphics = typer.Option(Graphics.auto, help="Pictures in the TUI (with --user tui)."),
@@ -155,7 +169,8 @@ def rounds(
         cfg = ReviseConfig(lr_prototypes=lr_prototypes, lr_kept=lr_kept)
         return rounds_run(run, n_rounds=n_rounds, user=user.value, epochs=epochs, criterion=criterion.value,
                           final_mask=finally_mask, graphics=graphics.value, out=out,
-                          device=pick_device(device), generator=seed_everything(seed), cfg=cfg)
+                          device=pick_device(device), generator=seed_everything(seed), cfg=cfg,
+                          order=order.value, look_alikes=look_alikes)
 
     def show(result):
         from protocli.console import print_table
