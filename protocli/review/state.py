@@ -20,7 +20,7 @@ from protocli import antitypes as at
 from protocli.errors import BadInput
 from protocli.files import read_json
 
-SORTS = ("id", "class", "weight", "undecided")
+SORTS = ("id", "suspicion", "class", "weight", "undecided")
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,13 @@ class ReviewState:
         self.cursor = 0
         self.history: list[tuple[int, dict | None]] = []  # undo stack: (prototype, decision it replaced)
         self.message = ""
+        self.suspicion: dict | None = None  # the push's suspicion.json (scores, look-alikes), when known
+        self.want_suspicion = False  # asked for the suspicion order before the scores were there
+        self.offers = True  # offer a rejected prototype's look-alikes
+        self.offer: list[int] = []  # offered look-alikes, the first effort.SHOWN of them on screen
+        self.offer_of: int | None = None  # the reject that started the offer
+        self._offer_chain: set[int] = set()
+        self._look: list[list[int]] | None = None
 
     # -- reading -----------------------------------------------------------------------------------
     @property
@@ -161,8 +168,11 @@ class ReviewState:
 
     def _reorder(self, keep: int | None) -> None:
         ids = [p.id for p in self.protos if self.filter_class is None or p.cls == self.filter_class]
+        if self.sort == "suspicion" and self.suspicion is None:
+            self.sort = "id"
         key = {
             "id": lambda j: j,
+            "suspicion": lambda j: (-self.suspicion["score"][j], j),
             "class": lambda j: (self.protos[j].cls, j),
             "weight": lambda j: (-self.protos[j].weight, j),
             # Fixed when sorting: cards do not jump away while one decides.
@@ -173,9 +183,83 @@ class ReviewState:
 
     def cycle_sort(self) -> str:
         self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]
+        if self.sort == "suspicion" and self.suspicion is None:
+            self.want_suspicion = True  # the app computes the scores; until then, the next sort
+            self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]
+            self._reorder(self.current.id if self.current else None)
+            self.message = f"sorted by {self.sort}; suspicion scores are being computed"
+            return self.sort
+        self.set_sort(self.sort)
+        return self.sort
+
+    def set_sort(self, sort: str) -> None:
+        if sort not in SORTS:
+            raise ValueError(f"sort must be one of {SORTS}")
+        self.sort = sort
         self._reorder(self.current.id if self.current else None)
         self.message = f"sorted by {self.sort}"
-        return self.sort
+
+    def set_suspicion(self, doc: dict) -> None:
+        """Scores and look-alikes of this push (suspicion.json); the order switches when it was asked for."""
+        if len(doc.get("score", ())) != len(self.protos):
+            raise ValueError("suspicion scores do not fit this push")
+        self.suspicion = doc
+        self._look = doc.get("look_alikes") or self._look
+        if self.want_suspicion:
+            self.want_suspicion = False
+            self.set_sort("suspicion")
+
+    # -- look-alike offers -------------------------------------------------------------------------
+    def look_alikes(self, j: int) -> list[int]:
+        if self._look is None:
+            from protocli.suspicion import look_alikes
+
+            self._look = look_alikes(self.vectors, self.meta)
+        return self._look[j]
+
+    @property
+    def offer_shown(self) -> list[int]:
+        from protocli.effort import SHOWN
+
+        return self.offer[:SHOWN]
+
+    def _extend_offer(self, ids: list[int]) -> None:
+        for i in ids:
+            for o in self.look_alikes(i):
+                if o not in self._offer_chain and self.decision(o) is None:
+                    self._offer_chain.add(o)
+                    self.offer.append(o)
+
+    def _start_offer(self, j: int) -> None:
+        self.offer, self.offer_of, self._offer_chain = [], j, {j}
+        if self.offers:
+            self._extend_offer([j])
+
+    def dismiss_offer(self) -> None:
+        self.offer, self.offer_of, self._offer_chain = [], None, set()
+
+    def offer_reject(self, index: int | None = None) -> int:
+        """Reject every shown look-alike (index None) or the index-th; their look-alikes join the offer."""
+        shown = self.offer_shown
+        if not shown or not self._writable():
+            return 0
+        if index is not None and not 0 <= index < len(shown):
+            self.message = f"no look-alike {index + 1} on offer"
+            return 0
+        ids = shown if index is None else [shown[index]]
+        done = []
+        for j in ids:
+            previous = self.decision(j)
+            if self._apply(j, {"verdict": "reject", "by": "user", "at": None}):
+                self.history.append((j, previous))
+                done.append(j)
+        self.offer = [o for o in self.offer if o not in done]
+        self._extend_offer(done)
+        self.message = f"rejected look-alike{'s' if len(done) > 1 else ''} " + " ".join(f"#{j}" for j in done)
+        return len(done)
+
+    def rejected_ids(self) -> list[int]:
+        return self.antitypes.rejected(self.push)
 
     def set_filter(self, cls: int | None) -> None:
         keep = self.current.id if self.current else None
@@ -212,6 +296,10 @@ class ReviewState:
             return False
         self.history.append((p.id, previous))
         self.message = f"#{p.id} {verdict}ed"
+        if verdict == "reject":
+            self._start_offer(p.id)
+        else:
+            self.dismiss_offer()
         self.move(1)
         return True
 
