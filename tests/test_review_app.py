@@ -103,7 +103,7 @@ async def test_text_only_and_textual_image_widgets(run):
         st = open_state(run)
         app = ReviewApp(st, renderer)
         async with app.run_test(size=(80, 24)) as pilot:
-            await pilot.press("a", "tab", "r", "tab", "pagedown")
+            await pilot.press("a", "tab", "r", "x", "tab", "pagedown")  # x: no look-alike row
             await app.workers.wait_for_complete()
             await pilot.pause()
             if renderer.kind == "none":

@@ -33,8 +33,11 @@ def check_terminal() -> None:
             raise BadInput(f"protocli review needs a terminal, but {name} is not a TTY")
 
 
-def review(run_dir: Path, graphics: str = "auto", push: str | None = None) -> dict:
+def review(run_dir: Path, graphics: str = "auto", push: str | None = None, order: str = "id") -> dict:
     """Open the review app on the run's latest push (or `push`) and block until the user quits.
+
+    `order` "suspicion" shows background-like prototypes first: the scores come from the push's
+    suspicion.json, computed here (torch, the latent cache) when missing.
 
     Decisions of the previous push carry over where a prototype still sits on the same patch.
     BadInput: no push in the run, unknown push or graphics value, a bad antitypes.json, no terminal.
@@ -44,6 +47,8 @@ def review(run_dir: Path, graphics: str = "auto", push: str | None = None) -> di
 
     if graphics not in GRAPHICS:
         raise BadInput(f"--graphics is {graphics!r}, expected one of {', '.join(GRAPHICS)}")
+    if order not in ("id", "suspicion"):
+        raise BadInput(f"--order is {order!r}, expected id or suspicion")
     # Check the run before the terminal: a script without a TTY still learns what is wrong with it.
     run_dir = Path(run_dir)
     pushes = list_pushes(run_dir)
@@ -55,6 +60,15 @@ def review(run_dir: Path, graphics: str = "auto", push: str | None = None) -> di
         raise BadInput(f"push {push!r} not found; pushes: {', '.join(pushes)}", run_dir / "stages")
     check_terminal()
     state = open_state(run_dir, push)
+    if order == "suspicion":
+        if state.suspicion is None:
+            from protocli.console import info
+            from protocli.suspicion import ensure
+
+            info("computing suspicion scores (once per push)")
+            state.set_suspicion(ensure(run_dir, state.push_dir, len(state.protos)))
+        state.set_sort("suspicion")
+        state.message = ""
     renderer = make_renderer(graphics)  # may probe the terminal: must happen before App.run()
     from protocli.review.app import ReviewApp
 

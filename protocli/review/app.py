@@ -19,8 +19,9 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.worker import get_current_worker
 
+from protocli.effort import SHOWN
 from protocli.review.detail import Detail
-from protocli.review.gallery import PIC, Gallery
+from protocli.review.gallery import PIC, Gallery, card_height
 from protocli.review.pictures import Renderer, Thumbnails
 from protocli.review.state import ReviewState
 from protocli.review.widgets import HelpScreen, StatusBar, converter
@@ -48,6 +49,7 @@ class ReviewApp(App):
     Detail .near { width: auto; height: auto; margin-right: 1; }
     Detail .nearcap { height: 2; color: $text-muted; }
     StatusBar { height: 2; background: $panel; text-wrap: nowrap; text-overflow: ellipsis; }
+    #offer { display: none; border-top: solid $accent; }
     """
     BINDINGS = [Binding(k, a, show=False, priority=True) for k, a in [
         ("left,h", "move(-1)"), ("right,l", "move(1)"), ("up,k", "move_rows(-1)"),
@@ -56,7 +58,8 @@ class ReviewApp(App):
         ("r", "decide('reject')"), ("a", "decide('accept')"), ("u", "undo"),
         ("space", "next_undecided"), ("f", "filter"), ("F", "next_class"), ("s", "sort"),
         ("tab", "toggle_view"), ("question_mark", "help"), ("q,ctrl+c", "quit"),
-    ]]
+        ("R", "offer_reject"), ("x,escape", "dismiss_offer"),
+    ]] + [Binding(str(n), f"offer_reject({n - 1})", show=False, priority=True) for n in range(1, SHOWN + 1)]
 
     def __init__(self, state: ReviewState, renderer: Renderer, thumbnails: Thumbnails | None = None):
         super().__init__()
@@ -69,12 +72,20 @@ class ReviewApp(App):
         self.latencies: deque[float] = deque(maxlen=256)  # measured: key action -> screen refreshed
         self.gallery = Gallery(renderer, id="gallery")
         self.detail = Detail(renderer, id="detail")
+        self.offer = Gallery(renderer, id="offer")  # the look-alikes offered after a reject: one row
+        self.offer.styles.height = card_height(renderer) + 1
         self.status = StatusBar("", markup=False, id="status")
         self.file_label = short_path(state.antitypes_path)
+        self.run_dir = state.push_dir.parent.parent
+        self.effect = None        # effect.MaskEffect once loaded (worker thread), else None
+        self.effect_text = ""     # what masking the current rejects would do, for the status bar
+        self._effect_for: list[int] | None = None
+        self._suspicion_started = False
 
     def compose(self) -> ComposeResult:
         yield self.gallery
         yield self.detail
+        yield self.offer
         yield self.status
 
     def on_mount(self) -> None:
@@ -93,7 +104,14 @@ class ReviewApp(App):
     def redraw(self, force: bool = False) -> None:
         s = self.state
         filt = "all classes" if s.filter_class is None else f"class {s.class_label(s.filter_class)}"
-        self.status.set(s.counts(), s.push, s.sort, filt, self.file_label, s.message, s.read_only)
+        shown = s.offer_shown
+        message = s.message
+        if shown and not message:
+            message = (f"look-alikes of #{s.offer_of}: R reject all {len(shown)}  1-{len(shown)} reject one"
+                       "  x dismiss")
+        self.status.set(s.counts(), s.push, s.sort, filt, self.file_label, message, s.read_only,
+                        self.effect_text)
+        self.redraw_offer(shown)
         page = 0 if self.in_detail else self.gallery.page_size  # a hidden gallery waits for tab
         if page:
             start = (s.cursor // page) * page
@@ -118,6 +136,89 @@ class ReviewApp(App):
     def _first_screen(self) -> None:
         if self.first_screen_s is None:
             self.first_screen_s = time.perf_counter() - self.started
+            self.start_effect()
+
+    def redraw_offer(self, shown: list[int]) -> None:
+        if bool(shown) != bool(self.offer.display):
+            self.offer.display = bool(shown)  # the gallery gives up a row; its resize redraws
+        if not shown or not self.offer.page_size:
+            return
+        s = self.state
+        ids = []
+        for i in range(self.offer.page_size):
+            proto = s.protos[shown[i]] if i < len(shown) else None
+            new = proto is not self.offer.protos[i]
+            thumb = self.thumbs.cached(("patch", proto.id, 0, *PIC)) if proto and new else None
+            self.offer.bind(i, proto, s.decision(proto.id) if proto else None, False, thumb)
+            if proto is not None and new:
+                ids.append(proto.id)
+        if ids and self.renderer.pictures:
+            self.run_worker(partial(self._load_patches, ids, [], self.offer), thread=True, group="offer",
+                            exclusive=True, exit_on_error=False)
+
+    # -- suspicion scores and the masking effect (worker threads: torch never blocks a key) ---------
+    def start_suspicion(self) -> None:
+        self.run_worker(self._load_suspicion, thread=True, group="suspicion", exclusive=True, exit_on_error=False)
+
+    def _load_suspicion(self) -> None:
+        from protocli.suspicion import ensure
+
+        try:
+            doc = ensure(self.run_dir, self.state.push_dir, len(self.state.protos))
+        except Exception as e:  # no trained run around this push, no latents: say so, keep going
+            self._deliver(self._suspicion_failed, f"suspicion scores unavailable: {e}")
+            return
+        self._deliver(self._suspicion_ready, doc)
+
+    def _suspicion_ready(self, doc: dict) -> None:
+        self.state.set_suspicion(doc)
+        self.redraw()
+
+    def _suspicion_failed(self, text: str) -> None:
+        self.state.want_suspicion = False
+        self.state.message = text
+        self.redraw()
+
+    def start_effect(self) -> None:
+        """Load the model and latents for the masking effect, only for a run whose model holds this push."""
+        if self.state.read_only or not (self.run_dir / "model.safetensors").exists():
+            return
+        self.run_worker(self._load_effect, thread=True, group="effect-load", exit_on_error=False)
+
+    def _load_effect(self) -> None:
+        try:
+            from protocli.effect import MaskEffect
+
+            effect = MaskEffect(self.run_dir, self.state.push_dir)
+        except Exception:  # e.g. the run was revised since this push: the effect would be meaningless
+            return
+        self._deliver(self._effect_ready, effect)
+
+    def _effect_ready(self, effect) -> None:
+        self.effect = effect
+        self.update_effect()
+
+    def update_effect(self) -> None:
+        if self.effect is None:
+            return
+        rejected = self.state.rejected_ids()
+        if rejected == self._effect_for:
+            return
+        self._effect_for = rejected
+        self.run_worker(partial(self._compute_effect, rejected), thread=True, group="effect", exclusive=True,
+                        exit_on_error=False)
+
+    def _compute_effect(self, rejected: list[int]) -> None:
+        from protocli.effect import describe
+
+        worker = get_current_worker()
+        e = self.effect(rejected, cancelled=lambda: worker.is_cancelled)
+        if e is not None and not worker.is_cancelled:
+            self._deliver(self._show_effect, describe(e))
+
+    def _show_effect(self, text: str) -> None:
+        self.effect_text = text
+        self.redraw()
 
     # -- pictures (worker threads; the UI thread only swaps finished thumbnails in) -----------------
     def load_gallery(self) -> None:
@@ -129,7 +230,7 @@ class ReviewApp(App):
         self.run_worker(partial(self._load_patches, ids, ahead), thread=True, group="gallery",
                         exclusive=True, exit_on_error=False)
 
-    def _load_patches(self, ids: list[int], ahead: list[int]) -> None:
+    def _load_patches(self, ids: list[int], ahead: list[int], target: Gallery | None = None) -> None:
         worker = get_current_worker()
         batch, last = [], time.perf_counter()
         for j in ids:
@@ -140,19 +241,19 @@ class ReviewApp(App):
                 batch.append((j, thumb))
             # Hand over in batches: one repaint per ~50 ms instead of one per picture.
             if batch and time.perf_counter() - last > 0.05:
-                if not self._deliver(self._show_patches, batch):
+                if not self._deliver(self._show_patches, batch, target):
                     return
                 batch, last = [], time.perf_counter()
-        if batch and not self._deliver(self._show_patches, batch):
+        if batch and not self._deliver(self._show_patches, batch, target):
             return
         for j in ahead:  # warm the cache for the next page: paging then feels instant
             if worker.is_cancelled:
                 return
             self.thumbs.get("patch", j, *PIC)
 
-    def _show_patches(self, batch: list[tuple[int, object]]) -> None:
+    def _show_patches(self, batch: list[tuple[int, object]], target: Gallery | None = None) -> None:
         for j, thumb in batch:
-            self.gallery.show_picture(j, thumb)
+            (target or self.gallery).show_picture(j, thumb)
 
     def load_detail(self) -> None:
         wanted = self.detail.wanted()
@@ -186,6 +287,10 @@ class ReviewApp(App):
         self.state.message = ""
         fn(*args)
         self.redraw()
+        self.update_effect()
+        if self.state.want_suspicion and not self._suspicion_started:
+            self._suspicion_started = True  # computed once; the state switches the order when it arrives
+            self.start_suspicion()
         self.call_after_refresh(lambda: self.latencies.append(time.perf_counter() - t0))
 
     def action_move(self, delta: int) -> None:
@@ -215,6 +320,12 @@ class ReviewApp(App):
 
     def action_sort(self) -> None:
         self._act(self.state.cycle_sort)
+
+    def action_offer_reject(self, index: int | None = None) -> None:
+        self._act(self.state.offer_reject, index)
+
+    def action_dismiss_offer(self) -> None:
+        self._act(self.state.dismiss_offer)
 
     def action_toggle_view(self) -> None:
         t0 = time.perf_counter()

@@ -307,6 +307,7 @@ class ReviewState:
         """Undo this session's last decision (restoring what it replaced), else clear the current one."""
         if not self._writable():
             return False
+        self.dismiss_offer()
         if self.history:
             j, previous = self.history[-1]
             if not self._apply(j, previous):
