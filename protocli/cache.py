@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -99,6 +100,38 @@ def masks(cub, split: str, *, size: int, crop: bool, cache_dir: Path | None) -> 
             advance()
     if path is not None:
         atomic_write_bytes(path, save({"m": out.to(torch.uint8)}))
+    return out
+
+
+def grid_masks(cub, split: str, *, grid, crop: bool, cache_dir: Path | None) -> torch.Tensor:
+    """Object masks shrunk to the latent grid as the authors' code does: uint8 (N, H, W), 0..255.
+
+    Each raw mask - values 0/255, cropped like its image (`cub.mask`) and still at the image's own
+    resolution, not first resized to the input size - goes straight to the grid with PIL's default
+    `resize` filter for such images (antialiased bicubic, a = -0.5; results rounded and clipped to
+    0..255). No threshold: the `cell` criterion asks whether the value is exactly 0.
+    """
+    from safetensors.torch import load_file, save
+
+    from protocli.files import atomic_write_bytes
+
+    H, W = (int(v) for v in grid)
+    key = _key([cub.fingerprint(), split, str(crop), f"{H}x{W}", "grid-pil-default-v1"])
+    path = Path(cache_dir) / f"gridmasks-{split}-{key}.safetensors" if cache_dir else None
+    if path is not None and path.exists():
+        try:
+            return load_file(str(path))["m"]
+        except Exception:
+            path.unlink(missing_ok=True)
+    items = cub.split(split)
+    out = torch.empty(len(items), H, W, dtype=torch.uint8)
+    with progress_bar(f"grid masks {split}", len(items)) as advance:
+        for i, item in enumerate(items):
+            # resize() without a filter: PIL's default (BICUBIC for mode "L"), exactly as the authors call it
+            out[i] = torch.from_numpy(np.array(cub.mask(item, crop=crop).resize((W, H)), dtype=np.uint8))
+            advance()
+    if path is not None:
+        atomic_write_bytes(path, save({"m": out}))
     return out
 
 

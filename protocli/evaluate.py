@@ -3,8 +3,9 @@
 Object statistics (datasets with masks) refer to the latest push:
 - overlap of a prototype = fraction of its 95th-percentile box covered by the object mask of its
   push image; `box` criterion: non-object when the overlap is 0 (the paper's text);
-- `cell` criterion: the mask area-downsampled to the latent grid is 0 at the prototype's cell
-  (the authors' code);
+- `cell` criterion (the authors' code, exactly): the raw 0/255 mask of the push image, shrunk to
+  the latent grid by PIL's default resize (bicubic, `cache.grid_masks`), is exactly 0 at the
+  prototype's cell;
 - activation precision (binary form, metrics.md 4.2): over test images and the prototypes of
   their class, the fraction of the top 5% of the bicubically upsampled similarity map that lies
   inside the object.
@@ -31,23 +32,24 @@ def box_overlap(boxes: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return inside / area
 
 
-def cell_fraction(masks: torch.Tensor, cells: torch.Tensor, grid) -> torch.Tensor:
-    """Object fraction of each prototype's latent cell: masks (R, S, S), cells (R, 2) -> (R,)."""
-    small = F.interpolate(masks[:, None].float(), size=tuple(grid), mode="area")[:, 0]
+def cell_values(grid_masks: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """Grid-mask value (0..255) at each prototype's cell: grid_masks (R, H, W), cells (R, 2) -> (R,)."""
     r = torch.arange(len(cells))
-    return small[r, cells[:, 0], cells[:, 1]]
+    return grid_masks[r, cells[:, 0], cells[:, 1]]
 
 
-def object_stats(doc: dict, train_masks: torch.Tensor) -> dict:
-    """Per-prototype overlap and non-object flags for a push document (prototypes.json)."""
+def object_stats(doc: dict, train_masks: torch.Tensor, train_grid_masks: torch.Tensor) -> dict:
+    """Per-prototype overlap and non-object flags for a push document (prototypes.json).
+
+    train_masks: bool (N, S, S) in input space (box overlap); train_grid_masks: uint8 (N, H, W) from
+    `cache.grid_masks` (cell criterion; "cell_fraction" is its value / 255, the authors' number)."""
     protos = doc["prototypes"]
     idx = torch.tensor([p["image_index"] for p in protos], dtype=torch.long)
     boxes = torch.tensor([p["box"] for p in protos], dtype=torch.long)
     cells = torch.tensor([p["cell"] for p in protos], dtype=torch.long)
-    m = train_masks[idx]
-    overlap = box_overlap(boxes, m)
-    frac = cell_fraction(m, cells, doc["grid"])
-    return {"overlap": overlap, "cell_fraction": frac, "box": overlap <= 0, "cell": frac <= 0}
+    overlap = box_overlap(boxes, train_masks[idx])
+    value = cell_values(train_grid_masks[idx], cells)
+    return {"overlap": overlap, "cell_fraction": value.float() / 255, "box": overlap <= 0, "cell": value == 0}
 
 
 def activation_precision(model, z: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, device,
@@ -75,7 +77,7 @@ def activation_precision(model, z: torch.Tensor, y: torch.Tensor, masks: torch.T
 
 def evaluate_model(run, model, cub, device, criterion: str = "box", apr: bool = True) -> dict:
     """All metrics of `model` on the run's data (cached latents). Does not modify anything."""
-    from protocli.cache import masks, min_distances, run_latents
+    from protocli.cache import grid_masks, masks, min_distances, run_latents
     from protocli.train import accuracy_from_min_d
 
     crop = run.crop
@@ -110,7 +112,8 @@ def evaluate_model(run, model, cub, device, criterion: str = "box", apr: bool = 
         warn(f"prototypes moved since push {push.name}: object statistics describe that push")
     size = model.cfg.img_size
     mtr = masks(cub, "train", size=size, crop=crop, cache_dir=run.cache_dir)
-    st = object_stats(doc, mtr)
+    gtr = grid_masks(cub, "train", grid=doc["grid"], crop=bool(doc.get("crop", crop)), cache_dir=run.cache_dir)
+    st = object_stats(doc, mtr, gtr)
     active = model.prototype_mask.detach().cpu() > 0
     out["criterion"] = criterion
     out["non_object_box"] = int((st["box"] & active).sum())

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from protocli.console import info, warn
+from protocli.errors import BadInput
 from protocli.files import atomic_write_bytes, atomic_write_json
 
 
@@ -142,8 +143,19 @@ def cell_box(cell_h: int, cell_w: int, grid, size: int, margin: int = 1) -> list
             min(size, round((cell_w + 1 + margin) * size / W)), min(size, round((cell_h + 1 + margin) * size / H))]
 
 
-def push_model(run, model, cub, z: torch.Tensor, y: torch.Tensor, device, k: int = 5) -> dict:
-    """The push stage on cached latents `z` of the train split. Commits a NNN-push stage."""
+BOX_MAPS = ("before", "after")
+
+
+def push_model(run, model, cub, z: torch.Tensor, y: torch.Tensor, device, k: int = 5,
+               box_map: str = "before") -> dict:
+    """The push stage on cached latents `z` of the train split. Commits a NNN-push stage.
+
+    `box_map` picks the activation map behind each prototype's box and heatmap, both on the image it
+    is pushed to: "before" is the map of the prototype vector before projection (the original
+    ProtoPNet's push), "after" the map of the projected vector (which peaks at the pushed cell).
+    """
+    if box_map not in BOX_MAPS:
+        raise BadInput(f"--box-map {box_map}: expected before or after")
     t0 = time.perf_counter()
     size, crop = model.cfg.img_size, run.crop
     H, W = z.shape[2], z.shape[3]
@@ -155,9 +167,9 @@ def push_model(run, model, cub, z: torch.Tensor, y: torch.Tensor, device, k: int
     h, w = best_cell // W, best_cell % W
     new = z[best_img, :, h, w].float()  # (P, D) the cached latent vectors themselves
     with torch.no_grad():
-        old = model.prototypes.detach().cpu()
+        old = model.prototypes.detach().cpu().clone()
         model.prototypes.copy_(torch.where(found[:, None], new, old).to(model.prototypes.device))
-    maps = similarity_maps(model, z[best_img], model.prototypes.detach().cpu())
+    maps = similarity_maps(model, z[best_img], old if box_map == "before" else model.prototypes.detach().cpu())
     boxes = high_activation_boxes(maps, size)
 
     # Duplicates: several prototypes on the same (image, cell).
@@ -190,12 +202,12 @@ def push_model(run, model, cub, z: torch.Tensor, y: torch.Tensor, device, k: int
         })
     unique = int((dup_of == torch.arange(len(dup_of))).sum())
     with run.stage("push") as st:
-        doc = {"version": 1, "push": st.id, "img_size": size, "grid": [H, W], "crop": crop,
+        doc = {"version": 1, "push": st.id, "img_size": size, "grid": [H, W], "crop": crop, "box_map": box_map,
                "classes": list(cub.classes), "prototypes": protos}
         atomic_write_json(st.dir / "prototypes.json", doc)
         n_pics = write_pictures(st.dir, protos, maps, cub, size, crop)
         st.save_model(model)
-        st.info.update(prototypes=model.num_prototypes, unique=unique, mean_distance=float(best_d[found].mean()))
+        st.info.update(prototypes=model.num_prototypes, unique=unique, box_map=box_map, mean_distance=float(best_d[found].mean()))
         push_id = st.id
     if unique < model.num_prototypes:
         warn(f"{model.num_prototypes - unique} prototypes share a patch with another prototype")
@@ -233,7 +245,7 @@ def write_pictures(folder: Path, protos: list[dict], maps: torch.Tensor, cub, si
         return sum(ex.map(one, protos))
 
 
-def push_run(run_dir: Path, device) -> dict:
+def push_run(run_dir: Path, device, box_map: str = "before") -> dict:
     """Open a run, push its prototypes on the cached train latents and commit a push stage."""
     from protocli.cache import latents
     from protocli.run import Run
@@ -242,4 +254,4 @@ def push_run(run_dir: Path, device) -> dict:
     model = run.load_model(device)
     cub = run.cub()
     z, y = latents(model, cub, "train", crop=run.crop, cache_dir=run.cache_dir, device=device)
-    return push_model(run, model, cub, z, y, device)
+    return push_model(run, model, cub, z, y, device, box_map=box_map)

@@ -14,7 +14,8 @@ Outputs, in RUN/report unless `out` says otherwise, every file written atomicall
 - overlap_hist.png: per-prototype object overlap of the first and the latest push.
 
 Object vs non-object follows the simulated user's `box` criterion (overlap 0). A grid cell counts
-as object when the mask, area-downsampled to the grid, is above 0 there (the `cell` criterion).
+as object when the mask, shrunk to the grid as the `cell` criterion does (`cache.grid_masks`), is
+above 0 there.
 Figures that need masks are skipped on a dataset without them; report.md says which and why.
 Activation precision is left out: it costs a pass over all test maps and `evaluate` reports it.
 """
@@ -208,7 +209,7 @@ def _md_table(rows: list[dict], columns: list[str]) -> str:
 def report_run(run_dir: Path, out: Path | None = None, conditions: list[dict] | None = None,
                device: torch.device | None = None, seed: int = 0) -> dict:
     """Write the figures and report.md of a run; `conditions` (rows of `demo`) adds a comparison table."""
-    from protocli.cache import masks
+    from protocli.cache import grid_masks, masks
     from protocli.evaluate import evaluate_model, object_stats
     from protocli.run import Run
     from protocli.runtime import pick_device
@@ -231,7 +232,8 @@ def report_run(run_dir: Path, out: Path | None = None, conditions: list[dict] | 
     stats = []
     if pushes and cub.has_masks:
         mtr = masks(cub, "train", size=model.cfg.img_size, crop=run.crop, cache_dir=run.cache_dir)
-        stats = [object_stats(doc, mtr) for doc in docs]
+        gtr = grid_masks(cub, "train", grid=docs[-1]["grid"], crop=run.crop, cache_dir=run.cache_dir)
+        stats = [object_stats(doc, mtr, gtr) for doc in docs]
     no_masks = "the dataset has no segmentation masks" if not cub.has_masks else "the run has no push"
 
     non_obj = stats[-1]["box"].numpy() if stats else None
@@ -241,7 +243,7 @@ def report_run(run_dir: Path, out: Path | None = None, conditions: list[dict] | 
     else:
         skipped["weights"] = "every prototype is masked"
     if stats:
-        figures.update(object_figures(out, run, model, cub, pushes, stats, mtr, active, device, seed, skipped))
+        figures.update(object_figures(out, run, model, cub, pushes, stats, gtr, active, device, seed, skipped))
     else:
         for name in ("nonobject_gallery", "overlap_hist", "latent_pca"):
             skipped[name] = f"needs object masks and a push: {no_masks}"
@@ -262,7 +264,7 @@ def report_run(run_dir: Path, out: Path | None = None, conditions: list[dict] | 
             **{k: ev.get(k) for k in keys}}
 
 
-def object_figures(out: Path, run, model, cub, pushes: list[Path], stats: list[dict], mtr: torch.Tensor,
+def object_figures(out: Path, run, model, cub, pushes: list[Path], stats: list[dict], gtr: torch.Tensor,
                    active: np.ndarray, device, seed: int, skipped: dict) -> dict[str, str]:
     """The figures that need object masks: gallery, overlap histogram, latent PCA."""
     from protocli.cache import latents
@@ -284,7 +286,7 @@ def object_figures(out: Path, run, model, cub, pushes: list[Path], stats: list[d
         ovs.append((pushes[-1].name, stats[-1]["overlap"].numpy()[active]))
     figures["overlap_hist"] = str(overlap_figure(out / "overlap_hist.png", ovs))
     ztr, _ = latents(model, cub, "train", crop=run.crop, cache_dir=run.cache_dir, device=device)
-    cell_obj = torch.nn.functional.interpolate(mtr[:, None].float(), size=ztr.shape[2:], mode="area")[:, 0] > 0
+    cell_obj = gtr > 0  # the cell criterion's grid masks
     traj = [pushed_vectors(p) for p in pushes]
     now = model.prototypes.detach().cpu().float()
     if not torch.allclose(now, traj[-1]):

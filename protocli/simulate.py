@@ -3,7 +3,8 @@
 The simulated user stands in for a person so that revision can be measured. A prototype is
 non-object when its patch does not touch the object, by one of two criteria (DESIGN.md):
 - `box`: its 95th-percentile box has zero overlap with the object mask (the paper's text);
-- `cell`: the mask, area-downsampled to the latent grid, is 0 at its cell (the authors' code).
+- `cell`: the raw 0/255 mask shrunk to the latent grid with PIL's default (bicubic) resize is
+  exactly 0 at its cell (the authors' code, `cache.grid_masks`).
 It rejects the non-object prototypes of the latest push, accepts the rest, and records each reject
 with the pushed vector (the push stage's weights), so the vector joins the antitype set Q.
 
@@ -49,7 +50,7 @@ def push_object_stats(run, cub, push_dir: Path | None = None) -> dict:
 
     Returns the push document too, so callers do not read it twice. Needs a dataset with masks.
     """
-    from protocli.cache import masks
+    from protocli.cache import grid_masks, masks
     from protocli.evaluate import object_stats
 
     push_dir = Path(push_dir) if push_dir is not None else run.require_push()
@@ -60,10 +61,10 @@ def push_object_stats(run, cub, push_dir: Path | None = None) -> dict:
             run.data_root,
         )
     doc = read_json(push_dir / "prototypes.json", "push file")
-    m = masks(
-        cub, "train", size=int(doc["img_size"]), crop=bool(doc.get("crop", run.crop)), cache_dir=run.cache_dir
-    )
-    stats = object_stats(doc, m)
+    crop = bool(doc.get("crop", run.crop))
+    m = masks(cub, "train", size=int(doc["img_size"]), crop=crop, cache_dir=run.cache_dir)
+    g = grid_masks(cub, "train", grid=doc["grid"], crop=crop, cache_dir=run.cache_dir)
+    stats = object_stats(doc, m, g)
     stats["doc"] = doc
     return stats
 

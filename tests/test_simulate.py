@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from protocli import antitypes as atmod
-from protocli.cache import masks
+from protocli.cache import grid_masks, masks
 from protocli.cli import app
 from protocli.errors import BadInput
 from protocli.evaluate import evaluate_run, object_stats
@@ -27,7 +27,8 @@ def _stats(run_dir):
     push = run.latest_push()
     doc = read_json(push / "prototypes.json")
     m = masks(run.cub(), "train", size=doc["img_size"], crop=run.crop, cache_dir=run.cache_dir)
-    return run, push, doc, object_stats(doc, m)
+    g = grid_masks(run.cub(), "train", grid=doc["grid"], crop=run.crop, cache_dir=run.cache_dir)
+    return run, push, doc, object_stats(doc, m, g)
 
 
 @pytest.mark.parametrize("criterion", ["box", "cell"])

@@ -25,16 +25,18 @@ def data_synth(
         0.8, help="Probability that a training image shows its class's own background (test: random)."
     ),
     seed: int = typer.Option(0, help="Random seed; the same seed gives byte-identical files."),
+    family: str = typer.Option("birds", help="What the images show: birds (the demo's data) or flowers "
+                               "(other objects, backgrounds and sizes, kept for confirming defaults)."),
     as_json: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
 ):
-    """Write a synthetic, confounded bird dataset in the CUB-200-2011 layout (with masks)."""
+    """Write a synthetic, confounded bird (or flower) dataset in the CUB-200-2011 layout (with masks)."""
 
     def go():
         from protocli.data.synth import synth
 
         return synth(out, classes=classes, train_per_class=train_per_class, test_per_class=test_per_class,
-                     size=size, confound=confound, seed=seed)
+                     size=size, confound=confound, seed=seed, family=family)
 
     execute(go, as_json, quiet, kv("synthetic dataset"))
 
@@ -53,6 +55,41 @@ def data_check(
         return check(data)
 
     execute(go, as_json, quiet, kv("dataset"))
+
+
+# ----------------------------------------------------------------------------------- pretrain
+@app.command()
+def pretrain(
+    data: Path = typer.Argument(..., help="Dataset root (CUB layout) whose backgrounds carry no class information."),
+    weights_file: Path = typer.Argument(..., help="Weights file to write (.safetensors), for train --weights."),
+    backbone: str = typer.Option("tiny", help="Backbone to pretrain (the names train --backbone takes)."),
+    img_size: int = typer.Option(96, help="Input side in pixels."),
+    epochs: int = typer.Option(16, help="Training epochs (one-cycle learning-rate schedule)."),
+    batch_size: int = typer.Option(64, help="Batch size."),
+    lr: float = typer.Option(1e-2, help="Peak learning rate (AdamW)."),
+    crop: bool = typer.Option(True, "--crop/--no-crop", help="Crop images to their bounding boxes."),
+    device: str = DEVICE_OPT,
+    workers: int | None = typer.Option(None, help="DataLoader workers (default: from the CPU count)."),
+    seed: int = SEED_OPT,
+    as_json: bool = JSON_OPT,
+    quiet: bool = QUIET_OPT,
+):
+    """Pretrain an encoder as a plain classifier and save it for `train --weights FILE`.
+
+    The offline stand-in for ImageNet weights: train on objects over uninformative backgrounds
+    (e.g. `protocli data synth PRE --confound 0.125 --seed 1000`), then fine-tune a ProtoPNet on
+    the confounded set with `protocli train DATA --run R --backbone tiny --weights FILE`.
+    """
+
+    def go():
+        from protocli.pretrain import pretrain as run_pretrain
+        from protocli.runtime import pick_device, seed_everything
+
+        return run_pretrain(data, weights_file, backbone=backbone, img_size=img_size, epochs=epochs,
+                            batch_size=batch_size, lr=lr, crop=crop, device=pick_device(device),
+                            generator=seed_everything(seed), workers=workers)
+
+    execute(go, as_json, quiet, kv("pretrained encoder"))
 
 
 # -------------------------------------------------------------------------------------- train
@@ -123,6 +160,10 @@ def train(
 @app.command()
 def push(
     run: Path = typer.Argument(..., help="Run folder."),
+    box_map: str = typer.Option("before", "--box-map", metavar="before|after",
+                                help="Map behind each prototype's 95th-percentile box and heatmap: 'before' = "
+                                     "the prototype vector before projection (the original ProtoPNet), 'after' = "
+                                     "the projected vector (always peaks at the pushed cell)."),
     device: str = DEVICE_OPT,
     as_json: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
@@ -133,7 +174,7 @@ def push(
         from protocli.push import push_run
         from protocli.runtime import pick_device
 
-        return push_run(run, device=pick_device(device))
+        return push_run(run, device=pick_device(device), box_map=box_map)
 
     execute(go, as_json, quiet, kv("push"))
 

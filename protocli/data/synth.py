@@ -240,6 +240,21 @@ def _png(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+# ----------------------------------------------------------------------------------- families
+FAMILIES = ("birds", "flowers")
+
+
+def family_module(family: str):
+    """(class_table, render) of a family: `birds` here, `flowers` in protocli/data/flowers.py."""
+    if family == "birds":
+        return class_table, render
+    if family == "flowers":
+        from protocli.data import flowers
+
+        return flowers.class_table, flowers.render
+    raise BadInput(f"--family {family!r}: expected one of {', '.join(FAMILIES)}")
+
+
 # ----------------------------------------------------------------------------------- writing
 def _validate(out: Path, classes, train_per_class, test_per_class, size, confound, seed) -> None:
     checks = [(classes >= 2, f"--classes must be at least 2, got {classes}"),
@@ -256,7 +271,7 @@ def _validate(out: Path, classes, train_per_class, test_per_class, size, confoun
 
 
 def _sample(tmp: Path, table: list[dict], label: int, k: int, train: bool, size: int, confound: float,
-            seed: int, digits: int) -> tuple[str, tuple[int, ...], float, int]:
+            seed: int, digits: int, render=render) -> tuple[str, tuple[int, ...], float, int]:
     """Draw, encode and write image k of class `label` -> (name, loose box, object fraction, background)."""
     rng = np.random.default_rng([seed, label, k])  # per image: independent of counts and of threads
     classes, row = len(table), table[label]
@@ -278,12 +293,13 @@ def _sample(tmp: Path, table: list[dict], label: int, k: int, train: bool, size:
 
 
 def synth(out: Path, classes: int = 8, train_per_class: int = 40, test_per_class: int = 20, size: int = 96,
-          confound: float = 0.8, seed: int = 0, progress=None) -> dict:
+          confound: float = 0.8, seed: int = 0, progress=None, family: str = "birds") -> dict:
     """Write the dataset to OUT (must not exist or be empty) and return a summary dict."""
     start = time.perf_counter()
     out = Path(out)
+    make_table, draw = family_module(family)
     _validate(out, classes, train_per_class, test_per_class, size, confound, seed)
-    table = class_table(classes)
+    table = make_table(classes)
     per_class = train_per_class + test_per_class
     digits = max(4, len(str(per_class)))
     jobs = [(label, k, k < train_per_class) for label in range(classes) for k in range(per_class)]
@@ -301,7 +317,7 @@ def synth(out: Path, classes: int = 8, train_per_class: int = 40, test_per_class
         # Threads overlap PNG encoding and file writes (both release the GIL); map keeps the order.
         pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1))
         try:
-            results = pool.map(lambda job: _sample(tmp, table, *job, size, confound, seed, digits), jobs)
+            results = pool.map(lambda job: _sample(tmp, table, *job, size, confound, seed, digits, draw), jobs)
             done = zip(jobs, results, strict=True)
             for i, ((label, _, train), (rel, box, fraction, bg)) in enumerate(done, 1):
                 lines["images"].append(f"{i} {rel}")
@@ -319,7 +335,7 @@ def synth(out: Path, classes: int = 8, train_per_class: int = 40, test_per_class
                  "classes.txt": [f"{r['index'] + 1} {r['class']}" for r in table]}
         for fname, rows in files.items():
             (tmp / fname).write_text("\n".join(rows) + "\n", encoding="utf-8")
-        params = {"classes": classes, "train_per_class": train_per_class, "test_per_class": test_per_class,
+        params = {"family": family, "classes": classes, "train_per_class": train_per_class, "test_per_class": test_per_class,
                   "size": size, "confound": confound, "seed": seed}
         # backgrounds[i]: the class whose background image id i + 1 sits on (for confound analyses).
         meta = {"version": 1, "generator": "protocli data synth", **params, "attributes": table,
@@ -335,7 +351,7 @@ def synth(out: Path, classes: int = 8, train_per_class: int = 40, test_per_class
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {"path": str(out.resolve()), "classes": classes, "train": classes * train_per_class,
+    return {"path": str(out.resolve()), "family": family, "classes": classes, "train": classes * train_per_class,
             "test": classes * test_per_class, "size": size, "confound": confound, "seed": seed,
             "seconds": round(time.perf_counter() - start, 3),
             "object_fraction": round(float(np.mean(fractions)), 4), "attributes": table}
