@@ -106,9 +106,9 @@ class ReviewApp(App):
         filt = "all classes" if s.filter_class is None else f"class {s.class_label(s.filter_class)}"
         shown = s.offer_shown
         message = s.message
-        if shown and not message:
-            message = (f"look-alikes of #{s.offer_of}: R reject all {len(shown)}  1-{len(shown)} reject one"
-                       "  x dismiss")
+        if shown:
+            hint = f"look-alikes of #{s.offer_of}: R reject all {len(shown)}  1-{len(shown)} one  x dismiss"
+            message = f"{message} │ {hint}" if message else hint
         self.status.set(s.counts(), s.push, s.sort, filt, self.file_label, message, s.read_only,
                         self.effect_text)
         self.redraw_offer(shown)

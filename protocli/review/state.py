@@ -385,4 +385,9 @@ def open_state(run_dir: Path, push: str | None = None) -> ReviewState:
         if had_decisions:
             at.save(ants, state.antitypes_path)
         state.message = f"{carried} decisions carried over from the previous push" if carried else ""
+    from protocli.suspicion import load
+
+    doc = load(state.push_dir, len(state.protos))  # scores cached by an earlier review or simulate
+    if doc is not None:
+        state.set_suspicion(doc)
     return state
