@@ -143,7 +143,7 @@ def _row(
         "overlap_ge_75": counts["overlap_ge_75"],
         "unique": counts["unique"],
         "seconds": round(seconds, 2),
-        **{k: c[k] for k in EFFORT if k in c},
+        **{k: c.get(k) for k in EFFORT},  # None without the simulated user
     }
 
 
@@ -311,7 +311,7 @@ def rounds_run(
         "train_accuracy_start": rows[0]["train_accuracy"],
         "train_accuracy_end": final["train_accuracy"],
         "clicks": sum(x["clicks"] for x in rows) + doc.get("final_consult", {}).get("clicks", 0),
-        "keys": sum(x.get("keys", 0) for x in rows) + doc.get("final_consult", {}).get("keys", 0),
+        "keys": sum(x.get("keys") or 0 for x in rows) + (doc.get("final_consult", {}).get("keys") or 0),
         "antitypes": max((x["antitypes"] or 0) for x in rows),
         "prototypes": model.num_prototypes,
         "seconds": round(time.perf_counter() - t_all, 1),
