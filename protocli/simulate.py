@@ -152,7 +152,9 @@ def simulate(run, criterion: str = "box", antitypes: Path | None = None, cub=Non
     q_before = len(ants.antitypes)
     flags = stats[criterion]
     current = ants.decided(push)
-    effort = review_walk(run, push_dir, vectors, flags, set(current), order, look_alikes, cub)
+    # Carried-over verdicts that still hold need no look; one the masks now disagree with is a new decision.
+    settled = {j for j, v in current.items() if v == ("reject" if bool(flags[j]) else "accept")}
+    effort = review_walk(run, push_dir, vectors, flags, settled, order, look_alikes, cub)
     new_rejects = new_accepts = 0
     # One bookkeeping step per prototype (JSON records); every number above was computed batched.
     for p in doc["prototypes"]:
