@@ -86,6 +86,32 @@ def effect_check(run: Path, work: Path, criterion: str) -> dict:
             "load_s": round(load_s, 2)}
 
 
+def signal_table(run: Path, criterion: str, combos: list[tuple[str, ...]]) -> dict:
+    """Share of all prototypes looked at to find 90% of the non-object ones, per signal combination."""
+    import torch
+
+    from protocli import suspicion as su
+    from protocli.cache import latents
+    from protocli.effort import walk
+    from protocli.run import Run
+    from protocli.simulate import push_object_stats, pushed_vectors
+
+    r = Run.open(run)
+    cub, push = r.cub(), r.require_push()
+    st = push_object_stats(r, cub, push)
+    doc, v = st["doc"], pushed_vectors(push)
+    z, y = latents(r.load_model("cpu"), cub, "train", crop=r.crop, cache_dir=r.cache_dir, device=torch.device("cpu"))
+    md, arg = su.grid_min(z, v)
+    pcls = torch.tensor([p["class"] for p in doc["prototypes"]])
+    sig = su.signals(md, arg, y.long(), pcls, su.current_weight(r, push, v, pcls), tuple(doc["grid"]), doc, v)
+    out = {}
+    for combo in combos:
+        order = list(range(len(v))) if combo == ("id",) else su.order(su.score(sig, combo))
+        w = walk(order, st[criterion].tolist())
+        out["+".join(combo)] = None if w["looked_90"] is None else round(w["looked_90"] / len(v), 3)
+    return out
+
+
 def rounds(run: Path, work: Path, n: int, criterion: str, order: str, la: bool) -> dict:
     import torch
 
@@ -112,8 +138,12 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--criterion", default="box")
     ap.add_argument("--no-rounds", action="store_true")
+    ap.add_argument("--signals", action="store_true",
+                    help="Only the table that chose the default score: looked_90 per signal combination.")
     a = ap.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
+    if a.signals:
+        return signals_main(a)
     result = {"criterion": a.criterion, "runs": {}}
     for fam in a.families:
         for seed in a.seeds:
@@ -157,6 +187,31 @@ def main(argv=None) -> int:
             print(f"| {name} | {col(ri, 'non_object')} | {col(ri, 'looked_90')} | {col(rs, 'looked_90')} | "
                   f"{col(ri, 'looked_100')} | {col(rs, 'looked_100')} | {ri['clicks']} | {rs['keys']} | "
                   f"{fmt(rs['non_object_end'])} |")
+    return 0
+
+
+def signals_main(a) -> int:
+    import itertools
+    import statistics
+
+    from protocli import suspicion as su
+
+    names = [n for n in su.SIGNALS if n != "antitype"]  # no antitypes before the first review
+    combos = [("id",)] + [(n,) for n in names] + list(itertools.combinations(names, 2))
+    table = {f"{fam}-{seed}": signal_table(baseline(a.out, fam, seed), a.criterion, combos)
+             for fam in a.families for seed in a.seeds}
+    (a.out / "signals.json").write_text(json.dumps(table, indent=1))
+    runs = list(table)
+    rows = []
+    for c in table[runs[0]]:
+        vals = [table[r][c] for r in runs if table[r][c] is not None]
+        rows.append((statistics.mean(vals) if vals else 1.0, c))
+    rows.sort()
+    print(f"\nShare of prototypes looked at to find 90% of the non-object ones ({a.criterion}), first push\n")
+    print("| order | mean | " + " | ".join(runs) + " |")
+    print("|---|---|" + "---|" * len(runs))
+    for m, c in rows[:12] + [r for r in rows[12:] if r[1] == "id" or "+" not in r[1]]:
+        print(f"| {c} | {m:.2f} | " + " | ".join(fmt(table[r][c]) for r in runs) + " |")
     return 0
 
 
