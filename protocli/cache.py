@@ -3,8 +3,11 @@
 While the encoder is frozen (push, evaluate, simulate, mask, revise, last-layer training) every
 image's latent grid is a constant, so it is computed once and kept on disk. The key hashes the
 encoder's weights, the dataset fingerprint, the split, the crop flag, the image size and the
-transform version: a changed encoder can never read a stale cache. fp16 is plenty for values in
-[0, 1] (the add-on ends in a Sigmoid): the error is below 5e-4 per entry.
+transform and encode versions: a changed encoder can never read a stale cache. The encoder runs in
+full fp32 (no autocast, no TF32: push, evaluate, simulate and revise all read these numbers, and a
+bf16 pass was measured off by up to 0.19 per entry), and the result is stored as fp16, which is
+plenty for values in [0, 1] (the add-on ends in a Sigmoid): the rounding error is at most
+2^-12 ~ 2.4e-4 per entry.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from protocli.console import progress_bar
-from protocli.runtime import autocast, default_workers
+from protocli.runtime import default_workers, exact_fp32
 
 TRANSFORM_VERSION = "eval-v1"  # bump when eval_transform changes
+ENCODE_VERSION = "fp32-v2"  # bump when the latents' numerics change (v1 ran under bf16 autocast on CUDA)
 
 
 def _key(parts: list[str]) -> str:
@@ -27,15 +31,18 @@ def _key(parts: list[str]) -> str:
 
 
 def latents(model, cub, split: str, *, crop: bool, cache_dir: Path | None, device: torch.device,
-            batch_size: int = 100, workers: int | None = None, amp: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Latent grids and labels of a split: (Z fp16 CPU (N, D, H, W), y long (N,)). Cached on disk."""
+            batch_size: int = 100, workers: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latent grids and labels of a split: (Z fp16 CPU (N, D, H, W), y long (N,)). Cached on disk.
+
+    Computed in fp32 whatever the training used (`runtime.exact_fp32`), stored in fp16."""
     from safetensors.torch import load_file, save
 
     from protocli.data.cub import ImageSet
     from protocli.data.transforms import eval_transform
     from protocli.files import atomic_write_bytes
 
-    key = _key([model.encoder_digest(), cub.fingerprint(), split, str(crop), str(model.cfg.img_size), TRANSFORM_VERSION])
+    key = _key([model.encoder_digest(), cub.fingerprint(), split, str(crop), str(model.cfg.img_size), TRANSFORM_VERSION,
+                ENCODE_VERSION])
     path = Path(cache_dir) / f"latents-{split}-{key}.safetensors" if cache_dir else None
     if path is not None and path.exists():
         try:
@@ -51,18 +58,20 @@ def latents(model, cub, split: str, *, crop: bool, cache_dir: Path | None, devic
     zs, ys = [], []
     was_training = model.training
     model.eval()
-    with torch.no_grad(), progress_bar(f"encode {split}", len(ds)) as advance:
-        for x, y, _ in loader:
-            x = x.to(device, non_blocking=True)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(device, amp):
+    # No autocast here even if a caller holds one (cpu autocast would also trip torch.cat on fp16).
+    with torch.no_grad(), torch.autocast(device.type, enabled=False), torch.autocast("cpu", enabled=False), \
+            exact_fp32():
+        with progress_bar(f"encode {split}", len(ds)) as advance:
+            for x, y, _ in loader:
+                x = x.to(device, non_blocking=True)
+                if device.type == "cuda":
+                    x = x.contiguous(memory_format=torch.channels_last)
                 z = model.encode(x)
-            zs.append(z.float().half().cpu())
-            ys.append(y)
-            advance(len(y))
+                zs.append(z.float().half().cpu())
+                ys.append(y)
+                advance(len(y))
+        z, y = torch.cat(zs), torch.cat(ys).long()
     model.train(was_training)
-    z, y = torch.cat(zs), torch.cat(ys).long()
     if path is not None:
         for old in Path(cache_dir).glob(f"latents-{split}-*.safetensors"):
             old.unlink(missing_ok=True)  # stale: the encoder or data changed

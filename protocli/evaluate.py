@@ -6,7 +6,7 @@ Object statistics (datasets with masks) refer to the latest push:
 - `cell` criterion (the authors' code, exactly): the raw 0/255 mask of the push image, shrunk to
   the latent grid by PIL's default resize (bicubic, `cache.grid_masks`), is exactly 0 at the
   prototype's cell;
-- activation precision (binary form, metrics.md 4.2): over test images and the prototypes of
+- activation precision (binary form): over test images and the active (unmasked) prototypes of
   their class, the fraction of the top 5% of the bicubically upsampled similarity map that lies
   inside the object.
 """
@@ -53,12 +53,14 @@ def object_stats(doc: dict, train_masks: torch.Tensor, train_grid_masks: torch.T
 
 
 def activation_precision(model, z: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, device,
-                         batch_size: int = 16) -> float:
-    """Mean over (test image, own-class prototype) of the share of the top-5% pixels inside the object."""
+                         batch_size: int = 16) -> float | None:
+    """Mean over (test image, active own-class prototype) of the share of the top-5% pixels inside the
+    object. Masked prototypes (prototype_mask 0) take no part; None when every prototype is masked."""
     from protocli.push import percentile_rows, upsample
 
     ppc = model.cfg.prototypes_per_class
     size = masks.shape[-1]
+    active = (model.prototype_mask.detach() > 0).to(device)
     total, count = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(z), batch_size):
@@ -66,13 +68,16 @@ def activation_precision(model, z: torch.Tensor, y: torch.Tensor, masks: torch.T
             B = len(yb)
             sim = model.similarity_map(zb)  # (B, P, H, W)
             own = (yb[:, None] * ppc + torch.arange(ppc, device=device)[None, :])  # (B, ppc) prototype ids
-            maps = sim[torch.arange(B, device=device)[:, None], own].flatten(0, 1).cpu()  # (B*ppc, H, W)
+            keep = active[own].flatten().cpu()  # (B*ppc,)
+            maps = sim[torch.arange(B, device=device)[:, None], own].flatten(0, 1).cpu()[keep]  # (R, H, W)
+            if len(maps) == 0:
+                continue
             up = upsample(maps, size)
             top = up >= percentile_rows(up.flatten(1), 95.0)[:, None, None]
-            mb = masks[i:i + B].repeat_interleave(ppc, dim=0)
+            mb = masks[i:i + B].repeat_interleave(ppc, dim=0)[keep]
             total += float(((top & mb).flatten(1).sum(1) / top.flatten(1).sum(1).clamp(min=1)).sum())
-            count += B * ppc
-    return total / max(count, 1)
+            count += len(maps)
+    return total / count if count else None
 
 
 def evaluate_model(run, model, cub, device, criterion: str = "box", apr: bool = True) -> dict:

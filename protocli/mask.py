@@ -54,10 +54,13 @@ def mask_model(
     batch_size: int | None = None,
     l1: float | None = None,
     splits: tuple | None = None,
+    kind: str = "mask",
+    stage_info: dict | None = None,
 ) -> dict:
     """Mask `rejected`, fine-tune the last layer on cached latents, commit a "mask" stage. Returns accuracies.
 
-    `splits`: the run's latents as `cache.run_latents` returns them, when the caller has them already."""
+    `splits`: the run's latents as `cache.run_latents` returns them, when the caller has them already.
+    `kind` and `stage_info`: the stage's kind and extra manifest fields (`prune` uses both)."""
     from protocli.cache import min_distances, run_latents
     from protocli.train import accuracy_from_min_d, train_last_layer
 
@@ -78,7 +81,7 @@ def mask_model(
     with torch.no_grad():
         model.prototype_mask[idx] = 0.0  # already-masked prototypes stay masked
     masked, train_masked = accs()
-    with run.stage("mask") as st:
+    with run.stage(kind) as st:
         rec = {"test_accuracy": masked, "train_accuracy": train_masked}
         if last_epochs > 0:
             rec = train_last_layer(
@@ -97,6 +100,7 @@ def mask_model(
         st.save_model(model)
         active = int((model.prototype_mask > 0).sum())
         st.info.update(
+            **(stage_info or {}),
             masked=len(rejected),
             active_prototypes=active,
             accuracy_before=before,

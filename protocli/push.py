@@ -1,8 +1,10 @@
 """`protocli push`: run + cached training latents -> prototypes projected onto real patches.
 
 Every prototype is replaced by the nearest latent vector among the (unaugmented) training images
-of its own class. The stage folder gets `prototypes.json` (image, cell, distance, the
-95th-percentile box, last-layer weight, duplicates, the k nearest training patches of any class),
+of its own class. The stage folder gets `prototypes.json` (image, cell, projection distance = the
+squared distance the prototype moved, the 95th-percentile box of its activation map before
+projection as in the original (`box_map`), last-layer weight, duplicates, and
+the k nearest training patches of any class to the pushed prototype, its own patch first at 0),
 the weights after the push, and per prototype a patch crop, the full image with the box drawn and
 the similarity heatmap. All distance work is batched over images and prototypes at once; pictures
 are written by a thread pool.
@@ -23,32 +25,125 @@ from protocli.errors import BadInput
 from protocli.files import atomic_write_bytes, atomic_write_json
 
 
-def nearest_patches(model, z: torch.Tensor, y: torch.Tensor, device, batch_size: int = 64):
+def nearest_patches(model, z: torch.Tensor, y: torch.Tensor, device, batch_size: int = 64,
+                    avoid: torch.Tensor | None = None, keep: torch.Tensor | None = None,
+                    distinct: bool = False, pool: int = 16):
     """For every prototype: the nearest own-class cell over all images.
 
+    `avoid` (S, D), the antitypes Q, and `keep` (A, D), the accepted prototype vectors: the user's
+    verdicts label patches by their nearest neighbour. A cell is a candidate for prototype j only
+    when it is nearer to p_j or to an accepted vector than to every antitype. So no push lands on a
+    rejected patch (distance 0 to its antitype) nor on one that looks more like a rejected patch
+    than like anything accepted; an accepted prototype's own patch stays allowed. (p_j alone is not
+    enough: revision can carry a rejected prototype off the data, where every patch is nearer to
+    some antitype than to it.)
+
+    `distinct`: no two prototypes on one (image, cell). Each prototype keeps its `pool` nearest
+    candidates and `distinct_choice` matches prototypes to cells, the nearer prototype winning a
+    contested cell; a prototype whose pool runs out keeps its nearest cell (a duplicate).
+
     Returns (best_dist (P,), best_image (P,), best_cell (P,) flat h*W+w, min_d (N, P), arg_cell (N, P)).
-    Ties keep the first image, as numpy's argmin does in the original code.
+    min_d and arg_cell are the unrestricted minima. Ties keep the first image, as numpy's argmin does
+    in the original code.
     """
     P = model.num_prototypes
     pcls = model.prototype_class.to(device)
-    best_d = torch.full((P,), float("inf"), device=device)
-    best_img = torch.zeros(P, dtype=torch.long, device=device)
-    best_cell = torch.zeros(P, dtype=torch.long, device=device)
     all_min, all_arg = [], []
-    ar = torch.arange(P, device=device)
+    q = avoid.to(device, torch.float32) if avoid is not None and len(avoid) else None
+    a = keep.to(device, torch.float32) if keep is not None and len(keep) else None
+    cand_d = torch.full((P, 0), float("inf"), device=device)
+    cand_key = torch.zeros((P, 0), dtype=torch.long, device=device)
+    HW = 1
     with torch.no_grad():
         for i in range(0, len(z), batch_size):
             zb, yb = z[i:i + batch_size].to(device).float(), y[i:i + batch_size].to(device)
-            mind, arg = model.distances(zb).flatten(2).min(dim=2)  # (B, P)
+            d = model.distances(zb).flatten(2)  # (B, P, HW)
+            HW = d.shape[2]
+            mind, arg = d.min(dim=2)  # (B, P)
             all_min.append(mind.cpu())
             all_arg.append(arg.to(torch.int32).cpu())
-            own = yb[:, None] == pcls[None, :]
-            bmin, bidx = torch.where(own, mind, torch.inf).min(dim=0)  # (P,)
-            better = bmin < best_d
-            best_d = torch.where(better, bmin, best_d)
-            best_img = torch.where(better, bidx + i, best_img)
-            best_cell = torch.where(better, arg[bidx, ar], best_cell)
-    return best_d.cpu(), best_img.cpu(), best_cell.cpu(), torch.cat(all_min), torch.cat(all_arg)
+            if q is not None:
+                cells = zb.flatten(2).transpose(1, 2)  # (B, HW, D)
+                dq = torch.cdist(cells, q[None].expand(len(zb), -1, -1)).square().amin(dim=2)  # (B, HW)
+                ok = d < dq[:, None, :]
+                if a is not None:
+                    da = torch.cdist(cells, a[None].expand(len(zb), -1, -1)).square().amin(dim=2)
+                    ok |= (da < dq)[:, None, :]
+                d = torch.where(ok, d, torch.inf)
+            d = torch.where((yb[:, None] == pcls[None, :])[:, :, None], d, torch.inf)
+            # Running per-prototype pool of the nearest candidates; key = global image * HW + cell.
+            # Keys grow with the image index, so a stable sort keeps the first image on ties.
+            flat = d.permute(1, 0, 2).reshape(P, -1)  # (P, B*HW), image-major
+            keys = torch.arange(flat.shape[1], device=device)[None].expand(P, -1) + i * HW
+            cand_d, order = torch.sort(torch.cat([cand_d, flat], 1), dim=1, stable=True)
+            cand_key = torch.cat([cand_key, keys], 1).gather(1, order)
+            k = pool if distinct else 1
+            cand_d, cand_key = cand_d[:, :k].contiguous(), cand_key[:, :k].contiguous()
+    choice = distinct_choice(cand_d, cand_key) if distinct else torch.zeros(P, dtype=torch.long, device=device)
+    ar = torch.arange(P, device=device)
+    best_d, key = cand_d[ar, choice], cand_key[ar, choice]
+    return (best_d.cpu(), (key // HW).cpu(), (key % HW).cpu(), torch.cat(all_min), torch.cat(all_arg))
+
+
+def distinct_choice(cand_d: torch.Tensor, cand_key: torch.Tensor) -> torch.Tensor:
+    """Stable matching of prototypes to cells: (P, K) candidate distances (ascending) and keys -> the
+    chosen column per prototype.
+
+    Deferred acceptance, all prototypes at once: each proposes its next candidate; a cell keeps the
+    nearest proposer (ties: the lower prototype index); the others move on. A prototype whose pool
+    runs out (or whose next candidate is not allowed: inf) falls back to column 0 and stays out of
+    the contest. Each iteration is a few tensor ops; there are at most P * K of them.
+    """
+    P, K = cand_d.shape
+    ar = torch.arange(P, device=cand_d.device)
+    choice = torch.zeros(P, dtype=torch.long, device=cand_d.device)
+    for _ in range(P * K + 1):
+        live = (choice < K) & torch.isfinite(cand_d[ar, choice.clamp(max=K - 1)])
+        key = cand_key[ar, choice.clamp(max=K - 1)]
+        d = cand_d[ar, choice.clamp(max=K - 1)]
+        # Rank proposers by (distance, prototype index): the winner of a key has the smallest rank.
+        rank = torch.empty(P, dtype=torch.long, device=d.device)
+        rank[torch.argsort(torch.where(live, d, torch.inf), stable=True)] = ar
+        big = torch.full_like(rank, P)
+        _, inv = torch.unique(torch.where(live, key, -1), return_inverse=True)
+        best = torch.full((int(inv.max()) + 1,), P, dtype=torch.long, device=d.device)
+        best = best.scatter_reduce(0, inv, torch.where(live, rank, big), reduce="amin")
+        lose = live & (best[inv] != rank)
+        if not bool(lose.any()):
+            break
+        choice = torch.where(lose, choice + 1, choice)
+    done = (choice < K) & torch.isfinite(cand_d[ar, choice.clamp(max=K - 1)])
+    return torch.where(done, choice, torch.zeros_like(choice))
+
+
+def k_nearest_patches(model, z: torch.Tensor, k: int, device, own=None, batch_size: int = 64):
+    """The k training images whose closest cell is nearest to each prototype, any class (the original's
+    nearest-patch analysis): (dist (k, P), image (k, P), cell (k, P) flat h*W+w), nearest first.
+
+    `own` = (image (P,), cell (P,), valid (P,)) of the patch each prototype was pushed to: that patch
+    equals the prototype, so its distance is set to exactly 0 (the matmul form leaves ~1e-7) and it
+    ranks first, ahead of any other patch at distance 0. A running top-k keeps memory at O(k P).
+    """
+    P = model.num_prototypes
+    top_d = torch.empty(0, P, device=device)
+    top_i = torch.empty(0, P, dtype=torch.long, device=device)
+    top_c = torch.empty(0, P, dtype=torch.long, device=device)
+    if own is not None:
+        own_img, own_cell, valid = (t.to(device) for t in own)
+    with torch.no_grad():
+        for i in range(0, len(z), batch_size):
+            zb = z[i:i + batch_size].to(device).float()
+            mind, arg = model.distances(zb).flatten(2).min(dim=2)  # (B, P)
+            idx = torch.arange(i, i + len(zb), device=device)[:, None].expand_as(mind)
+            if own is not None:
+                hit = (idx == own_img[None, :]) & valid[None, :]
+                mind = torch.where(hit, -1.0, mind)  # below every real distance: first in the ranking
+                arg = torch.where(hit, own_cell[None, :], arg)
+            d, n = torch.cat([top_d, mind]), torch.cat([top_i, idx])
+            c = torch.cat([top_c, arg.long()])
+            top_d, pick = torch.topk(d, min(k, len(d)), dim=0, largest=False, sorted=True)
+            top_i, top_c = n.gather(0, pick), c.gather(0, pick)
+    return top_d.clamp(min=0).cpu(), top_i.cpu(), top_c.cpu()
 
 
 def percentile_rows(x: torch.Tensor, q: float) -> torch.Tensor:
@@ -147,7 +242,8 @@ BOX_MAPS = ("before", "after")
 
 
 def push_model(run, model, cub, z: torch.Tensor, y: torch.Tensor, device, k: int = 5,
-               box_map: str = "before") -> dict:
+               box_map: str = "before", avoid: torch.Tensor | None = None, keep: torch.Tensor | None = None,
+               distinct: bool = False) -> dict:
     """The push stage on cached latents `z` of the train split. Commits a NNN-push stage.
 
     `box_map` picks the activation map behind each prototype's box and heatmap, both on the image it
@@ -159,11 +255,13 @@ def push_model(run, model, cub, z: torch.Tensor, y: torch.Tensor, device, k: int
     t0 = time.perf_counter()
     size, crop = model.cfg.img_size, run.crop
     H, W = z.shape[2], z.shape[3]
-    best_d, best_img, best_cell, min_d, arg = nearest_patches(model, z, y, device)
+    best_d, best_img, best_cell, _, _ = nearest_patches(model, z, y, device, avoid=avoid, keep=keep,
+                                                        distinct=distinct)
     found = torch.isfinite(best_d)
     if not bool(found.all()):
         missing = sorted({int(c) for c in model.prototype_class[~found]})
-        warn(f"no training image for classes {missing[:10]}: their prototypes keep their vectors")
+        why = "no training image, or none off the antitypes," if avoid is not None else "no training image"
+        warn(f"{int((~found).sum())} prototypes of classes {missing[:10]} found {why}: they keep their vectors")
     h, w = best_cell // W, best_cell % W
     new = z[best_img, :, h, w].float()  # (P, D) the cached latent vectors themselves
     with torch.no_grad():
@@ -180,8 +278,7 @@ def push_model(run, model, cub, z: torch.Tensor, y: torch.Tensor, device, k: int
     dup_of = first[inverse]
 
     kk = min(k, len(z))
-    near_d, near_i = torch.topk(min_d, kk, dim=0, largest=False)  # (k, P)
-    near_cell = arg.gather(0, near_i.to(torch.int64)).long()
+    near_d, near_i, near_cell = k_nearest_patches(model, z, kk, device, own=(best_img, best_cell, found))
 
     train_items = cub.split("train")
     weights = model.last_layer.weight.detach().cpu()
@@ -191,7 +288,7 @@ def push_model(run, model, cub, z: torch.Tensor, y: torch.Tensor, device, k: int
         c, img = int(pcls[j]), int(best_img[j])
         protos.append({
             "prototype": j, "class": c, "class_name": cub.classes[c], "image": train_items[img].name,
-            "image_index": img, "cell": [int(h[j]), int(w[j])], "distance": float(best_d[j]),
+            "image_index": img, "cell": [int(h[j]), int(w[j])], "projection_distance": float(best_d[j]),
             "box": [int(v) for v in boxes[j]], "weight": float(weights[c, j]),
             "duplicate_of": int(dup_of[j]) if int(dup_of[j]) != j else None,
             "nearest": [{"image": train_items[int(near_i[r, j])].name, "image_index": int(near_i[r, j]),
@@ -250,6 +347,8 @@ def push_run(run_dir: Path, device, box_map: str = "before") -> dict:
     from protocli.cache import latents
     from protocli.run import Run
 
+    if box_map not in BOX_MAPS:  # before any work
+        raise BadInput(f"--box-map {box_map}: expected before or after")
     run = Run.open(run_dir)
     model = run.load_model(device)
     cub = run.cub()

@@ -10,7 +10,13 @@ Torch-free, so that `protocli train --help` can show each recipe's defaults with
   step decay, no cluster or separation cost. Why each differs is measured (README "Deviations"):
   from scratch, the cluster and separation costs pull the prototypes onto the mean latent before
   the encoder has learned anything, and train accuracy stays near chance.
-- `auto` (the CLI default): `tiny` for the tiny backbone, `paper` for every other.
+- `finetune`: the `tiny` sizes (96 px, D = 32, batch 32, warm 1 / joint 12 / last 20 epochs) with the
+  paper's learning rates, step decay and cluster and separation costs: the paper's regime (a
+  pretrained encoder fine-tuned on the confounded set) at CPU scale, for `tiny` with `--weights`
+  (an encoder from `protocli pretrain`). The high `tiny` learning rates would wash the pretraining
+  out (measured in docs/paper-regime.md).
+- `auto` (the CLI default): for the tiny backbone `finetune` when weights are given, else `tiny`;
+  `paper` for every other backbone.
 
 Options a user gives always win over the recipe.
 """
@@ -61,15 +67,20 @@ PAPER: dict = {f.name: f.default for f in fields(TrainConfig) if f.name != "reci
 TINY: dict = {**PAPER, "img_size": 96, "proto_dim": 32, "warm_epochs": 1, "joint_epochs": 12, "last_epochs": 20,
               "batch_size": 32, "lr_features": 5e-3, "lr_add_on": 1e-2, "lr_prototypes": 1e-2, "lr_step": 100,
               "clst": 0.0, "sep": 0.0}
-RECIPES = {"paper": PAPER, "tiny": TINY}
+FINETUNE: dict = {**TINY, **{k: PAPER[k] for k in ("lr_features", "lr_add_on", "lr_prototypes", "lr_step",
+                                                    "clst", "sep")}}
+RECIPES = {"paper": PAPER, "tiny": TINY, "finetune": FINETUNE}
 # The fields whose default depends on the recipe (the CLI leaves them unset unless given).
 VARYING = tuple(k for k in PAPER if PAPER[k] != TINY[k])
 
 
-def resolve(recipe: str, backbone: str) -> str:
-    """`auto` -> `tiny` for the tiny backbone, else `paper`; a named recipe stays as it is."""
+def resolve(recipe: str, backbone: str, pretrained: bool = False) -> str:
+    """`auto` -> for the tiny backbone `finetune` when it starts from weights, else `tiny`; `paper` for
+    every other backbone. A named recipe stays as it is."""
     if recipe == "auto":
-        return "tiny" if backbone == "tiny" else "paper"
+        if backbone != "tiny":
+            return "paper"
+        return "finetune" if pretrained else "tiny"
     if recipe not in RECIPES:
         raise BadInput(f"--recipe {recipe!r}: expected auto, {', '.join(RECIPES)}")
     return recipe
@@ -78,7 +89,8 @@ def resolve(recipe: str, backbone: str) -> str:
 def make_config(recipe: str = "auto", **given) -> TrainConfig:
     """The recipe's values, overridden by every option in `given` that is not None."""
     chosen = {k: v for k, v in given.items() if v is not None}
-    name = resolve(recipe, chosen.get("backbone", PAPER["backbone"]))
+    name = resolve(recipe, chosen.get("backbone", PAPER["backbone"]),
+                   pretrained=bool(chosen.get("weights") or chosen.get("pretrained")))
     return TrainConfig(**{**RECIPES[name], **chosen, "recipe": name})
 
 

@@ -46,13 +46,23 @@ class ReviseConfig:
     refine_distance: str = "squared"  # "squared" (the paper's text) | "l2" (the authors' code)
     refine_reduce: str = "mean"  # "mean" of per-prototype max | "max" over all pairs (the authors' code)
     lr_prototypes: float = 3e-2  # the authors' code: 1e-3
-    # Step size of the prototypes that do not sit on an antitype (None: lr_prototypes for all). Adam
-    # moves every prototype that wins a cell by about lr per coordinate per step, so at 3e-2 accepted
-    # prototypes wander under CE alone and the next push can put them on background.
-    lr_kept: float | None = None
+    # Step size of the prototypes that do not sit on an antitype (None: lr_prototypes for all). 0, the
+    # default, keeps the accepted prototypes where they are: Adam moves every prototype that wins a
+    # cell by about lr per coordinate per step, and a wandering accepted prototype can be pushed onto
+    # background by the next push (docs/paper-regime.md measures 0, 1e-3 and None).
+    lr_kept: float | None = 0.0
     lr_last: float = 1e-4
     last_epochs: int = 20
     batch_size: int = 80
+    # The revision push (docs/paper-regime.md has the measurements behind these three):
+    # only onto patches nearer to an accepted prototype (or the prototype itself) than to every
+    # antitype (push.nearest_patches);
+    push_avoid: bool = True
+    # no two prototypes on one patch (push.distinct_choice);
+    push_distinct: bool = True
+    # boxes from the map of the pushed vector, so a verdict is a property of the patch ("before", the
+    # original's map, changes a prototype's box when only its pre-push vector changed).
+    box_map: str = "after"
 
     def check(self) -> None:
         if self.refine_distance not in ("l2", "squared"):
@@ -64,9 +74,13 @@ class ReviseConfig:
                 raise BadInput(f"--{name.replace('_', '-')} {getattr(self, name)}: must be 0 or more")
         if self.batch_size < 1:
             raise BadInput(f"--batch-size {self.batch_size}: must be at least 1")
-        for name in ("lr_prototypes", "lr_last", "lr_kept"):
-            if getattr(self, name) is not None and not getattr(self, name) > 0:
+        for name in ("lr_prototypes", "lr_last"):
+            if not getattr(self, name) > 0:
                 raise BadInput(f"--{name.replace('_', '-')} {getattr(self, name)}: must be positive")
+        if self.lr_kept is not None and not self.lr_kept >= 0:
+            raise BadInput(f"--lr-kept {self.lr_kept}: must be 0 or more")
+        if self.box_map not in ("before", "after"):
+            raise BadInput(f"--box-map {self.box_map}: expected before or after")
         for name in ("lam_refine", "lam_con", "lam_l1", "lam_clst", "lam_sep"):
             if getattr(self, name) < 0:
                 raise BadInput(f"--{name.replace('_', '-')} {getattr(self, name)}: must be 0 or more")
@@ -203,15 +217,22 @@ def epoch_metrics(model, q: torch.Tensor, cfg: ReviseConfig) -> dict:
         }
 
 
+def on_antitype(prototypes: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """(P,) bool: the prototype sits on an antitype (a push makes a prototype equal to a cached
+    latent, and an antitype is such a pushed vector, so the rejected ones are exactly these)."""
+    if q.numel() == 0:
+        return torch.zeros(len(prototypes), dtype=torch.bool)
+    # exact differences: the matmul form of cdist has ~1e-3 cancellation error at distance 0
+    d = torch.cdist(prototypes.float(), q.float().to(prototypes.device), compute_mode="donot_use_mm_for_euclid_dist")
+    return d.amin(dim=1) < 1e-4
+
+
 def kept_step_scale(prototypes: torch.Tensor, q: torch.Tensor, cfg: ReviseConfig) -> torch.Tensor | None:
-    """(P, 1): 1 for prototypes that sit on an antitype (the rejected ones: a push makes a prototype
-    equal to a cached latent, and an antitype is such a pushed vector), lr_kept / lr_prototypes for
-    the others; None when lr_kept is unset."""
+    """(P, 1): 1 for prototypes that sit on an antitype (the rejected ones), lr_kept / lr_prototypes
+    for the others; None when lr_kept is unset."""
     if cfg.lr_kept is None or q.numel() == 0:
         return None
-    # exact differences: the matmul form of cdist has ~1e-3 cancellation error at distance 0
-    d = torch.cdist(prototypes.float(), q.float(), compute_mode="donot_use_mm_for_euclid_dist")
-    return torch.where(d.amin(dim=1) < 1e-4, 1.0, cfg.lr_kept / cfg.lr_prototypes)[:, None]
+    return torch.where(on_antitype(prototypes, q), 1.0, cfg.lr_kept / cfg.lr_prototypes)[:, None]
 
 
 def revise_prototypes(
@@ -281,6 +302,9 @@ def revise_model(
         return accuracies_on_cache(model, (zte, yte), (ztr, ytr), device)
 
     before, train_before = accs()
+    # The accepted prototypes as they were pushed: what the user's verdicts call object-like.
+    accepted = on_antitype(model.prototypes.detach().cpu(), q).logical_not()
+    accepted = model.prototypes.detach().cpu()[accepted].clone()
     with run.stage("revise") as st:
         hist = revise_prototypes(
             model, ztr, ytr, q, cfg, generator, test=(zte, yte), log=st.dir / "metrics.jsonl"
@@ -297,7 +321,9 @@ def revise_model(
         )
         revise_id = st.id
     revised, _ = accs()
-    pushed = push_model(run, model, cub, ztr, ytr, device)
+    pushed = push_model(run, model, cub, ztr, ytr, device, avoid=q if cfg.push_avoid else None,
+                        keep=accepted if cfg.push_avoid else None, distinct=cfg.push_distinct,
+                        box_map=cfg.box_map)
     md_tr, md_te = min_distances(model, ztr, device), min_distances(model, zte, device)
     after_push = accuracy_from_min_d(model, md_te, yte)
     train_after_push = accuracy_from_min_d(model, md_tr, ytr)

@@ -55,14 +55,21 @@ def push_is_current(model, push_dir: Path | None) -> bool:
     return True
 
 
-def ensure_push(run, model, cub, ztr, ytr, device) -> Path:
-    """The latest push if it is current, else a new push stage."""
+def ensure_push(run, model, cub, ztr, ytr, device, box_map: str = "before") -> Path:
+    """The latest push if it is current and drew its boxes from `box_map`, else a new push stage.
+
+    A training push draws its boxes from the prototypes before projection; revision wants the boxes
+    of the prototypes as they are (see ReviseConfig.box_map), so its first round pushes again: the
+    patches stay, the boxes are those of the pushed vectors."""
+    from protocli.files import read_json
     from protocli.push import push_model
 
     latest = run.latest_push()
     if push_is_current(model, latest):
-        return latest
-    push_model(run, model, cub, ztr, ytr, device)
+        doc = read_json(latest / "prototypes.json", "push file")
+        if doc.get("box_map", "before") == box_map:
+            return latest
+    push_model(run, model, cub, ztr, ytr, device, box_map=box_map)
     return run.latest_push()
 
 
@@ -159,11 +166,12 @@ def rounds_run(
     device=None,
     generator: torch.Generator | None = None,
     cfg=None,
+    final_last_epochs: int | None = None,
     order: str = "id",
     look_alikes: bool = False,
 ) -> dict:
     """Alg. 1 on a run (or on a fork at `out`). `cfg` (a ReviseConfig) sets everything but the epochs.
-
+    `final_last_epochs`: last-layer epochs of the final mask (None: cfg.last_epochs).
     `order` and `look_alikes` go to the user: the TUI's first order, the simulated user's walk."""
     from protocli.cache import run_latents
     from protocli.mask import mask_model
@@ -214,7 +222,7 @@ def rounds_run(
         doc["forked_from"] = source
     table = run.path / "rounds.json"
     t0 = time.perf_counter()
-    ensure_push(run, model, cub, ztr, ytr, device)
+    ensure_push(run, model, cub, ztr, ytr, device, cfg.box_map)
     acc, tr_acc = accuracies()
     doc["rounds"].append(
         _row(0, None, None, acc, tr_acc, object_counts(run, cub, criterion, model), time.perf_counter() - t0)
@@ -223,7 +231,7 @@ def rounds_run(
     consulted_last = False
     for r in range(1, n_rounds + 1):
         t0 = time.perf_counter()
-        ensure_push(run, model, cub, ztr, ytr, device)
+        ensure_push(run, model, cub, ztr, ytr, device, cfg.box_map)
         c = consult(run, cub, user, criterion, graphics, order, look_alikes)
         consulted_last = True
         info(
@@ -274,7 +282,7 @@ def rounds_run(
             model,
             cub,
             rejected,
-            last_epochs=cfg.last_epochs,
+            last_epochs=cfg.last_epochs if final_last_epochs is None else final_last_epochs,
             lr_last=cfg.lr_last,
             device=device,
             generator=generator,

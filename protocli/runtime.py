@@ -45,6 +45,19 @@ def autocast(device: torch.device, enabled: bool = True):
     return torch.autocast("cuda", dtype=dtype)
 
 
+@contextlib.contextmanager
+def exact_fp32():
+    """Plain fp32 on CUDA for the block: TF32 off for matmuls and cuDNN convolutions, restored after.
+
+    For numbers that are cached and compared (the latent cache), not for training speed."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def default_workers() -> int:
     """DataLoader workers: leave one core for the main process, at most 8."""
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -237,13 +237,13 @@ def train_run(data: Path, run_dir: Path, cfg: TrainConfig, device: torch.device,
     result.update({k: v for k, v in run.stage_log("train")[-1].items() if k in ("train_accuracy", "loss")})
     if cfg.stop_after != "joint":
         ztr, ytr = latents(model, cub, "train", crop=cfg.crop, cache_dir=run.cache_dir, device=device,
-                           amp=cfg.amp, workers=cfg.workers)
+                           workers=cfg.workers)
         if "push" not in done:
             push_model(run, model, cub, ztr, ytr, device)
             model = run.load_model(device)
         if cfg.stop_after == "last" and "last" not in done and cfg.last_epochs > 0:
             zte, yte = latents(model, cub, "test", crop=cfg.crop, cache_dir=run.cache_dir, device=device,
-                               amp=cfg.amp, workers=cfg.workers)
+                               workers=cfg.workers)
             md_tr, md_te = min_distances(model, ztr, device), min_distances(model, zte, device)
             with run.stage("last") as st:
                 rec = train_last_layer(model, md_tr, ytr, epochs=cfg.last_epochs, lr=cfg.lr_last, l1=cfg.l1,

@@ -70,7 +70,7 @@ def make_push(run: Path, push: str = "002-push", P: int = 12, K: int = 3, D: int
                    for i in range(k)]
         protos.append({"prototype": j, "class": c, "class_name": names[c], "image": image,
                        "image_index": j % 7, "cell": [j % 4, (j // 4) % 4],
-                       "distance": round(float(rng.random()) * 0.1, 4), "box": [10, 12, 40, 44],
+                       "projection_distance": round(float(rng.random()) * 0.1, 4), "box": [10, 12, 40, 44],
                        "weight": float(weight[c, j]), "duplicate_of": None, "nearest": nearest})
     meta = {"version": 1, "push": push, "img_size": IMG, "grid": [4, 4], "crop": True, "classes": names,
             "prototypes": protos}

@@ -194,3 +194,141 @@ def test_pil_default_resize_filter_is_bicubic_for_grey_images():
     assert np.array_equal(np.asarray(img.resize((7, 7))), np.asarray(img.resize((7, 7), Image.Resampling.BICUBIC)))
     assert not np.array_equal(np.asarray(img.resize((7, 7))), np.asarray(img.resize((7, 7), Image.Resampling.BILINEAR)))
     assert math.isclose(_bicubic(0.0), 1.0) and _bicubic(2.0) == 0.0
+
+
+def test_k_nearest_patches_brute_force():
+    """Per prototype, the k images whose closest cell is nearest (any class), as the original's analysis."""
+    from protocli.model import ModelConfig, build_model
+    from protocli.push import k_nearest_patches
+
+    torch.manual_seed(3)
+    model = build_model(ModelConfig(backbone="tiny", num_classes=3, prototypes_per_class=2, proto_dim=5, img_size=32))
+    z = torch.rand(11, 5, 3, 4)
+    d, img, cell = k_nearest_patches(model, z, 4, torch.device("cpu"), batch_size=3)
+    p = model.prototypes.detach()
+    full = ((z[:, None] - p[None, :, :, None, None]) ** 2).sum(2).flatten(2)  # (N, P, HW) brute force
+    per_image = full.min(2).values  # (N, P)
+    for j in range(model.num_prototypes):
+        order = sorted(range(11), key=lambda b: float(per_image[b, j]))[:4]
+        assert img[:, j].tolist() == order
+        assert torch.allclose(d[:, j], per_image[order, j], atol=1e-5)
+        assert cell[:, j].tolist() == [int(full[b, j].argmin()) for b in order]
+
+
+def test_nearest_after_push_starts_with_the_own_patch_at_zero(tiny_run):
+    from protocli.cache import latents
+    from protocli.files import read_json
+    from protocli.push import push_run
+    from protocli.run import Run
+    from protocli.simulate import pushed_vectors
+
+    res = push_run(tiny_run, torch.device("cpu"))
+    run = Run.open(tiny_run)
+    doc = read_json(run.path / "stages" / res["push"] / "prototypes.json")
+    z, _ = latents(run.load_model("cpu"), run.cub(), "train", crop=run.crop, cache_dir=run.cache_dir,
+                   device=torch.device("cpu"))
+    pushed = pushed_vectors(run.path / "stages" / res["push"])
+    for p in doc["prototypes"]:
+        assert "projection_distance" in p and "distance" not in p
+        first = p["nearest"][0]
+        assert (first["image_index"], first["cell"], first["distance"]) == (p["image_index"], p["cell"], 0.0)
+        # every listed distance is that of the pushed vector, ascending
+        dd = [((z[n["image_index"]].float() - pushed[p["prototype"]][:, None, None]) ** 2).sum(0).min().item()
+              for n in p["nearest"]]
+        assert np.allclose([n["distance"] for n in p["nearest"]][1:], dd[1:], atol=1e-4)
+        assert all(a <= b + 1e-6 for a, b in zip(dd, dd[1:], strict=False))
+
+
+def _brute_apr(model, z, y, masks, active) -> float | None:
+    """One (image, prototype) pair at a time: top 5% of the bicubic map, share inside the object."""
+    import torch.nn.functional as F
+
+    vals = []
+    for b in range(len(z)):
+        for j in range(model.num_prototypes):
+            if int(model.prototype_class[j]) != int(y[b]) or not active[j]:
+                continue
+            sim = _brute_log_sim(z[b], model.prototypes[j].detach())
+            up = F.interpolate(sim[None, None].float(), size=masks.shape[-2:], mode="bicubic",
+                               align_corners=False)[0, 0].numpy()
+            top = up >= np.percentile(up, 95)
+            vals.append((top & masks[b].numpy()).sum() / top.sum())
+    return float(np.mean(vals)) if vals else None
+
+
+def test_activation_precision_brute_force_and_masking():
+    from protocli.evaluate import activation_precision
+    from protocli.model import ModelConfig, build_model
+
+    torch.manual_seed(4)
+    model = build_model(ModelConfig(backbone="tiny", num_classes=3, prototypes_per_class=2, proto_dim=5, img_size=16))
+    z, y = torch.rand(7, 5, 3, 3), torch.tensor([0, 1, 2, 0, 1, 2, 1])
+    masks = torch.rand(7, 16, 16) > 0.6
+    cpu = torch.device("cpu")
+    all_on = activation_precision(model, z, y, masks, cpu, batch_size=3)
+    assert all_on == pytest.approx(_brute_apr(model, z, y, masks, [True] * 6), abs=1e-6)
+    with torch.no_grad():
+        model.prototype_mask[[0, 3, 4]] = 0
+    masked = activation_precision(model, z, y, masks, cpu, batch_size=3)
+    want = _brute_apr(model, z, y, masks, [j not in (0, 3, 4) for j in range(6)])
+    assert masked == pytest.approx(want, abs=1e-6) and masked != pytest.approx(all_on, abs=1e-6)
+    with torch.no_grad():
+        model.prototype_mask.zero_()
+    assert activation_precision(model, z, y, masks, cpu) is None
+
+
+def test_cache_latents_are_fp32_then_fp16_even_under_autocast(tiny_data):
+    """The cache encodes in fp32 (an outer bf16 autocast must not leak in) and stores fp16: the error
+    per entry is fp16 rounding only, at most 2^-12 for values in [0, 1]."""
+    from protocli.cache import latents
+    from protocli.data.cub import ImageSet, open_cub
+    from protocli.data.transforms import eval_transform
+    from protocli.model import ModelConfig, build_model
+
+    torch.manual_seed(5)
+    model = build_model(ModelConfig(backbone="tiny", num_classes=4, prototypes_per_class=2, proto_dim=16,
+                                    img_size=32)).eval()
+    cub, cpu = open_cub(tiny_data), torch.device("cpu")
+    x = torch.stack([ImageSet(cub, "train", eval_transform(32), crop=True)[i][0] for i in range(8)])
+    with torch.no_grad():
+        exact = model.encode(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = model.encode(x).float()
+    assert float((bf16 - exact).abs().max()) > 2 ** -12  # what autocast would cost: the test can tell
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z, _ = latents(model, cub, "train", crop=True, cache_dir=None, device=cpu, workers=0)
+    assert z.dtype == torch.float16
+    err = (z[:8].float() - exact).abs()
+    assert 0 < float(err.max()) <= 2 ** -12
+
+
+def _cv2_inter_cubic_by_hand(m: np.ndarray, size: int) -> np.ndarray:
+    """OpenCV's resize(INTER_CUBIC) of a float map, written out: source x = (dx + 0.5) * scale - 0.5,
+    Keys kernel with A = -0.75 on the 4 taps floor(x) - 1 .. floor(x) + 2, indices clamped (replicate);
+    rows first, then columns (separable, so the order does not matter in exact arithmetic)."""
+    A = -0.75
+
+    def weights(n_in):
+        out = np.zeros((size, n_in))
+        for d in range(size):
+            x = (d + 0.5) * n_in / size - 0.5
+            s = math.floor(x)
+            t = x - s
+            c0 = ((A * (t + 1) - 5 * A) * (t + 1) + 8 * A) * (t + 1) - 4 * A
+            c1 = ((A + 2) * t - (A + 3)) * t * t + 1
+            c2 = ((A + 2) * (1 - t) - (A + 3)) * (1 - t) * (1 - t) + 1
+            for tap, c in zip(range(s - 1, s + 3), (c0, c1, c2, 1 - c0 - c1 - c2), strict=True):
+                out[d, min(max(tap, 0), n_in - 1)] += c
+        return out
+
+    return weights(m.shape[0]) @ m.astype(np.float64) @ weights(m.shape[1]).T
+
+
+def test_box_upsampling_is_cv2_inter_cubic():
+    """The original upsamples the activation map with cv2.resize(INTER_CUBIC) before the percentile box."""
+    from protocli.push import upsample
+
+    maps = torch.rand(4, 7, 7, generator=torch.Generator().manual_seed(6)) * 9
+    ours = upsample(maps, 224).numpy()
+    for r in range(4):
+        assert np.allclose(ours[r], _cv2_inter_cubic_by_hand(maps[r].numpy(), 224), atol=2e-5)

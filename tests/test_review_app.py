@@ -86,7 +86,8 @@ async def test_detail_view_and_gallery_snapshot(run):
         await pilot.pause()
         assert app.detail.image._strips and app.detail.near_pics[0]._strips
         text = "\n".join(screen_lines(app.export_screenshot()))
-        for label in ("prototype #1", "training image + box", "similarity heatmap", "nearest training patches",
+        for label in ("prototype #1", "training image + box", "similarity heatmap", "nearest after push",
+                      "projection distance",
                       "002.[odd]_bird", "image 001.bird_0/img_0001.png"):
             assert label in text
         await pilot.press("l", "r")  # keys work in the detail view too

@@ -5,6 +5,7 @@ for --user tui, and mask what is still rejected with --final-mask."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -58,7 +59,9 @@ def test_rounds_lower_the_non_object_count(rounds_base, tmp_path):
         criterion="cell",
         out=tmp_path / "r",
         generator=torch.Generator().manual_seed(0),
-        cfg=FAST,
+        # kept prototypes at a small step (docs/revision.md): at 3e-2 they wander onto background cells,
+        # which the authors' exact cell test (bicubic grid mask) counts on this tiny set
+        cfg=replace(FAST, lr_kept=1e-3),
     )
     rows = res["rounds"]
     start, end = rows[0]["non_object_after"], rows[-1]["non_object_after"]

@@ -1,4 +1,4 @@
-"""`protocli data synth|check`, `train`, `push`, `evaluate`: the dataset and the baseline ProtoPNet."""
+"""`protocli data synth|check`, `train`, `push`, `prune`, `evaluate`: the dataset and the baseline ProtoPNet."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from protocli.cli.common import DEVICE_OPT, JSON_OPT, QUIET_OPT, SEED_OPT, Criterion, execute, kv
+from protocli.cli.common import DEVICE_OPT, JSON_OPT, OUT_RUN_OPT, QUIET_OPT, SEED_OPT, Criterion, execute, kv
 from protocli.recipes import default_help as R
 
 app = typer.Typer(rich_markup_mode=None)
@@ -102,8 +102,9 @@ def train(
     pretrained: bool = typer.Option(False, help="Start the backbone from torchvision's ImageNet weights."),
     weights: Path | None = typer.Option(None, help="Backbone weights from a local file (.safetensors or .pth)."),
     recipe: str = typer.Option("auto", help="Defaults for the options marked [paper: .., tiny: ..]: paper (the "
-                               "original ProtoPNet baseline), tiny (from scratch on CPU), auto (tiny for the tiny "
-                               "backbone, else paper). Options you give win."),
+                               "original ProtoPNet baseline), tiny (from scratch on CPU), finetune (tiny's sizes with "
+                               "paper's learning rates and costs, for a pretrained tiny encoder), auto (tiny backbone: "
+                               "finetune with --weights, else tiny; other backbones: paper). Options you give win."),
     img_size: int | None = typer.Option(None, help=f"Input side in pixels (images are resized to a square). {R('img_size')}"),
     prototypes_per_class: int = typer.Option(10, help="Prototypes per class."),
     proto_dim: int | None = typer.Option(None, help=f"Latent and prototype dimension D. {R('proto_dim')}"),
@@ -177,6 +178,36 @@ def push(
         return push_run(run, device=pick_device(device), box_map=box_map)
 
     execute(go, as_json, quiet, kv("push"))
+
+
+@app.command()
+def prune(
+    run: Path = typer.Argument(..., help="Run folder (after a push)."),
+    k: int = typer.Option(6, "--k", help="Nearest training patches looked at per prototype (one per image, "
+                          "any class; the original ProtoPNet: 6)."),
+    threshold: int = typer.Option(3, help="Prune when fewer of the k come from the prototype's class "
+                                  "(the original: 3)."),
+    last_epochs: int = typer.Option(100, help="Last-layer epochs after pruning (the original: 100)."),
+    lr_last: float = typer.Option(1e-4, help="Learning rate of the last layer."),
+    out: Path | None = OUT_RUN_OPT,
+    device: str = DEVICE_OPT,
+    seed: int = SEED_OPT,
+    as_json: bool = JSON_OPT,
+    quiet: bool = QUIET_OPT,
+):
+    """ProtoPNet's pruning: mask prototypes whose nearest training patches are mostly of other classes.
+
+    Pruned prototypes are masked (prototype_mask 0, a "prune" stage), not deleted: the logits are the
+    same and prototype indices stay valid. Then the last layer is retrained on the cache."""
+
+    def go():
+        from protocli.prune import prune_run
+        from protocli.runtime import pick_device, seed_everything
+
+        return prune_run(run, k=k, threshold=threshold, last_epochs=last_epochs, lr_last=lr_last, out=out,
+                         device=pick_device(device), generator=seed_everything(seed))
+
+    execute(go, as_json, quiet, kv("pruning"))
 
 
 @app.command()

@@ -19,8 +19,14 @@ DEVICE_OPT = typer.Option("auto", "--device", help="auto (CUDA when present, els
 SEED_OPT = typer.Option(0, help="Random seed.")
 OUT_RUN_OPT = typer.Option(None, "--out", help="Fork the run into this new folder first and change the fork.")
 LR_PROTOTYPES_OPT = typer.Option(3e-2, help="Learning rate of the prototypes (authors' code: 1e-3).")
-LR_KEPT_OPT = typer.Option(None, help="Learning rate of the prototypes that do not sit on an antitype "
-                           "(default: --lr-prototypes); see docs/revision.md for the trade-off.")
+LR_KEPT_OPT = typer.Option(0.0, help="Learning rate of the prototypes that do not sit on an antitype (the "
+                           "accepted ones); 0 keeps them on their patches. See docs/paper-regime.md.")
+PUSH_AVOID_OPT = typer.Option(True, "--push-avoid/--no-push-avoid", help="Revision push: project a prototype only "
+                              "onto patches nearer to it or to an accepted prototype than to every antitype.")
+DISTINCT_OPT = typer.Option(True, "--distinct/--no-distinct", help="Revision push: no two prototypes on one patch "
+                            "(the nearer prototype keeps a contested patch).")
+BOX_MAP_OPT = typer.Option("after", "--box-map", help="Revision push boxes from the map of the pushed vector "
+                           "(after) or, as the original push, of the vector before projection (before).")
 ANTITYPES_OPT = typer.Option(
     None, "--antitypes", help="Decisions file to use (default: RUN/antitypes.json).", exists=False
 )

@@ -8,13 +8,16 @@ import typer
 
 from protocli.cli.common import (
     ANTITYPES_OPT,
+    BOX_MAP_OPT,
     DEVICE_OPT,
+    DISTINCT_OPT,
     JSON_OPT,
     LOOK_ALIKES_OPT,
     LR_KEPT_OPT,
     LR_PROTOTYPES_OPT,
     ORDER_OPT,
     OUT_RUN_OPT,
+    PUSH_AVOID_OPT,
     QUIET_OPT,
     SEED_OPT,
     Criterion,
@@ -26,6 +29,7 @@ from protocli.cli.common import (
     execute,
     kv,
 )
+from protocli.cli.config import CONFIG_OPT
 
 app = typer.Typer(rich_markup_mode=None)
 
@@ -99,23 +103,48 @@ def mask(
     execute(go, as_json, quiet, kv("masking"))
 
 
+# Revise settings, shared by `revise` and `rounds` (the fields of ReviseConfig but `epochs`, whose help
+# differs). Defaults are ReviseConfig's; a --config file replaces those the command line does not give.
+LAM_REFINE_OPT = typer.Option(50.0, help="Weight of the Refine loss.")
+LAM_CON_OPT = typer.Option(1.0, help="Weight of the Con hinge (keeps prototypes in [0,1]).")
+LAM_L1_OPT = typer.Option(1e-4, help="Weight of L1 on wrong-class last-layer weights.")
+LAM_CLST_OPT = typer.Option(0.0, help="Weight of the cluster cost (paper lists it; code uses 0).")
+LAM_SEP_OPT = typer.Option(0.0, help="Weight of the separation cost, subtracted.")
+REFINE_DISTANCE_OPT = typer.Option(Distance.squared, help="Distance in Refine: squared (paper text; default, measured in docs/revision.md) or l2 (authors' code).")
+REFINE_REDUCE_OPT = typer.Option(Reduce.mean, help="mean of per-prototype max (default), or max over all pairs (authors' code).")
+LR_LAST_OPT = typer.Option(1e-4, help="Learning rate of the last layer.")
+LAST_EPOCHS_OPT = typer.Option(20, help="Last-layer fine-tune epochs after the revision push (authors' code: 0, "
+                               "the last layer trains with the prototypes).")
+BATCH_SIZE_OPT = typer.Option(80, help="Batch size (on cached latents).")
+
+
+def _revise_options(**kw) -> dict:
+    """Parsed option values keyed as ReviseConfig's fields (enums as their value)."""
+    return {k: getattr(v, "value", v) for k, v in kw.items()}
+
+
 @app.command()
 def revise(
+    ctx: typer.Context,
     run: Path = typer.Argument(..., help="Run folder."),
     antitypes: Path | None = ANTITYPES_OPT,
+    config: Path | None = CONFIG_OPT,
     epochs: int = typer.Option(30, help="Revision epochs (prototypes and last layer, encoder frozen)."),
-    lam_refine: float = typer.Option(50.0, help="Weight of the Refine loss."),
-    lam_con: float = typer.Option(1.0, help="Weight of the Con hinge (keeps prototypes in [0,1])."),
-    lam_l1: float = typer.Option(1e-4, help="Weight of L1 on wrong-class last-layer weights."),
-    lam_clst: float = typer.Option(0.0, help="Weight of the cluster cost (paper lists it; code uses 0)."),
-    lam_sep: float = typer.Option(0.0, help="Weight of the separation cost, subtracted."),
-    refine_distance: Distance = typer.Option(Distance.squared, help="Distance in Refine: squared (paper text; default, measured in docs/revision.md) or l2 (authors' code)."),
-    refine_reduce: Reduce = typer.Option(Reduce.mean, help="mean of per-prototype max (default), or max over all pairs (authors' code)."),
+    lam_refine: float = LAM_REFINE_OPT,
+    lam_con: float = LAM_CON_OPT,
+    lam_l1: float = LAM_L1_OPT,
+    lam_clst: float = LAM_CLST_OPT,
+    lam_sep: float = LAM_SEP_OPT,
+    refine_distance: Distance = REFINE_DISTANCE_OPT,
+    refine_reduce: Reduce = REFINE_REDUCE_OPT,
     lr_prototypes: float = LR_PROTOTYPES_OPT,
     lr_kept: float | None = LR_KEPT_OPT,
-    lr_last: float = typer.Option(1e-4, help="Learning rate of the last layer."),
-    last_epochs: int = typer.Option(20, help="Last-layer fine-tune epochs after the revision push."),
-    batch_size: int = typer.Option(80, help="Batch size (on cached latents)."),
+    lr_last: float = LR_LAST_OPT,
+    last_epochs: int = LAST_EPOCHS_OPT,
+    batch_size: int = BATCH_SIZE_OPT,
+    push_avoid: bool = PUSH_AVOID_OPT,
+    push_distinct: bool = DISTINCT_OPT,
+    box_map: str = BOX_MAP_OPT,
     out: Path | None = OUT_RUN_OPT,
     device: str = DEVICE_OPT,
     seed: int = SEED_OPT,
@@ -125,14 +154,16 @@ def revise(
     """Revise prototypes away from the antitypes (Refine loss), then push and fine-tune the last layer."""
 
     def go():
-        from protocli.revise import ReviseConfig, revise_run
+        from protocli.cli.config import read_optional, revise_config
+        from protocli.revise import revise_run
         from protocli.runtime import pick_device, seed_everything
 
-        cfg = ReviseConfig(epochs=epochs, lam_refine=lam_refine, lam_con=lam_con, lam_l1=lam_l1,
-                           lam_clst=lam_clst, lam_sep=lam_sep, refine_distance=refine_distance.value,
-                           refine_reduce=refine_reduce.value, lr_prototypes=lr_prototypes, lr_kept=lr_kept,
-                           lr_last=lr_last,
-                           last_epochs=last_epochs, batch_size=batch_size)
+        from_file, _ = read_optional(config)
+        cfg = revise_config(ctx, from_file, _revise_options(
+            epochs=epochs, lam_refine=lam_refine, lam_con=lam_con, lam_l1=lam_l1, lam_clst=lam_clst,
+            lam_sep=lam_sep, refine_distance=refine_distance, refine_reduce=refine_reduce,
+            lr_prototypes=lr_prototypes, lr_kept=lr_kept, lr_last=lr_last, last_epochs=last_epochs,
+            batch_size=batch_size, push_avoid=push_avoid, push_distinct=push_distinct, box_map=box_map))
         return revise_run(run, cfg, antitypes=antitypes, out=out, device=pick_device(device),
                           generator=seed_everything(seed))
 
@@ -141,17 +172,34 @@ def revise(
 
 @app.command()
 def rounds(
+    ctx: typer.Context,
     run: Path = typer.Argument(..., help="Run folder."),
+    config: Path | None = CONFIG_OPT,
     n_rounds: int = typer.Option(5, "--rounds", help="Rounds of push -> consult the user -> revise."),
     user: User = typer.Option(User.simulated, help="simulated (needs masks) or tui (you, in the review TUI)."),
     epochs: int = typer.Option(30, help="Revision epochs per round."),
     criterion: Criterion = typer.Option(Criterion.box, help="Simulated user's non-object criterion."),
+    lam_refine: float = LAM_REFINE_OPT,
+    lam_con: float = LAM_CON_OPT,
+    lam_l1: float = LAM_L1_OPT,
+    lam_clst: float = LAM_CLST_OPT,
+    lam_sep: float = LAM_SEP_OPT,
+    refine_distance: Distance = REFINE_DISTANCE_OPT,
+    refine_reduce: Reduce = REFINE_REDUCE_OPT,
     lr_prototypes: float = LR_PROTOTYPES_OPT,
     lr_kept: float | None = LR_KEPT_OPT,
     order: Order = ORDER_OPT,
     look_alikes: bool = LOOK_ALIKES_OPT,
+    lr_last: float = LR_LAST_OPT,
+    last_epochs: int = LAST_EPOCHS_OPT,
+    batch_size: int = BATCH_SIZE_OPT,
+    push_avoid: bool = PUSH_AVOID_OPT,
+    push_distinct: bool = DISTINCT_OPT,
+    box_map: str = BOX_MAP_OPT,
     finally_mask: bool = typer.Option(False, "--final-mask/--no-final-mask",
                                       help="After the rounds, mask prototypes still rejected and fine-tune."),
+    final_last_epochs: int | None = typer.Option(None, help="Last-layer epochs of the final mask (default: "
+                                                 "--last-epochs; the authors' code: up to 300)."),
     graphics: Graphics = typer.Option(Graphics.auto, help="Pictures in the TUI (with --user tui)."),
     out: Path | None = OUT_RUN_OPT,
     device: str = DEVICE_OPT,
@@ -162,14 +210,23 @@ def rounds(
     """Iterative prototype revision, Algorithm 1 of the paper: push, consult the user, revise; repeated."""
 
     def go():
-        from protocli.revise import ReviseConfig
+        from protocli.cli.config import merged, read_optional, revise_config
         from protocli.rounds import rounds_run
         from protocli.runtime import pick_device, seed_everything
 
-        cfg = ReviseConfig(lr_prototypes=lr_prototypes, lr_kept=lr_kept)
-        return rounds_run(run, n_rounds=n_rounds, user=user.value, epochs=epochs, criterion=criterion.value,
-                          final_mask=finally_mask, graphics=graphics.value, out=out,
-                          device=pick_device(device), generator=seed_everything(seed), cfg=cfg,
+        from_file, rounds_file = read_optional(config)
+        cfg = revise_config(ctx, from_file, _revise_options(
+            epochs=epochs, lam_refine=lam_refine, lam_con=lam_con, lam_l1=lam_l1, lam_clst=lam_clst,
+            lam_sep=lam_sep, refine_distance=refine_distance, refine_reduce=refine_reduce,
+            lr_prototypes=lr_prototypes, lr_kept=lr_kept, lr_last=lr_last, last_epochs=last_epochs,
+            batch_size=batch_size, push_avoid=push_avoid, push_distinct=push_distinct, box_map=box_map))
+        r = merged(ctx, rounds_file, {"n_rounds": n_rounds, "criterion": criterion.value,
+                                      "finally_mask": finally_mask, "final_last_epochs": final_last_epochs},
+                   keys={"n_rounds": "rounds", "finally_mask": "final_mask"})
+        return rounds_run(run, n_rounds=r["n_rounds"], user=user.value, epochs=cfg.epochs, criterion=r["criterion"],
+                          final_mask=r["finally_mask"], final_last_epochs=r["final_last_epochs"],
+                          graphics=graphics.value, out=out, device=pick_device(device),
+                          generator=seed_everything(seed), cfg=cfg,
                           order=order.value, look_alikes=look_alikes)
 
     def show(result):

@@ -89,12 +89,12 @@ class Detail(Vertical):
             lines.append(f"{MARKS[decision['verdict']]} by {decision['by']} at {decision['at']}")
         else:
             lines.append(MARKS[None])
-        lines += [f"weight {proto.weight:+.3f}", f"distance {proto.distance:.4f}",
+        lines += [f"weight {proto.weight:+.3f}", f"projection distance {proto.distance:.4f}",
                   f"image {proto.image}", f"cell {list(proto.cell)}  box {list(proto.box)}"]
         if proto.duplicate_of is not None:
             lines.append(f"duplicate of #{proto.duplicate_of}")
         if proto.nearest:
-            lines.append("nearest training patches:")
+            lines.append("nearest after push:")
             for i, n in enumerate(proto.nearest[:K_MAX], 1):
                 own = "own class" if n.get("class") == proto.cls else class_name(n.get("class", -1))
                 lines.append(f" {i}. d {n.get('distance', float('nan')):.3f}  {own}")

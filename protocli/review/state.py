@@ -31,7 +31,7 @@ class Proto:
     image: str
     cell: tuple[int, int]
     box: tuple[int, int, int, int]
-    distance: float
+    distance: float  # projection distance: squared L2 from the prototype before the push to its patch
     weight: float
     duplicate_of: int | None
     nearest: tuple[dict, ...]
@@ -94,7 +94,8 @@ def read_push(push_dir: Path) -> tuple[dict, list[Proto], np.ndarray]:
             weight = float(last[c, j]) if last is not None else p.get("weight")
             name = p.get("class_name") or (classes[c] if c < len(classes) else str(c))
             protos.append(Proto(j, c, name, str(p["image"]), tuple(p["cell"]), tuple(int(v) for v in p["box"]),
-                                float(p.get("distance", float("nan"))), float(weight or 0.0),
+                                float(p.get("projection_distance", p.get("distance", float("nan")))),
+                                float(weight or 0.0),
                                 p.get("duplicate_of"), tuple(p.get("nearest") or ())))
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise BadInput(f"prototypes[{i}] is malformed ({e})", path) from None
