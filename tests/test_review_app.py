@@ -157,22 +157,22 @@ async def test_suspicion_order_and_look_alike_offers(tmp_path):
         assert st.current.id == 0  # the cursor stays on its card
         await pilot.press("home", "r")  # #4: its look-alikes #5 and #7 are offered in a row
         await pilot.pause()
-        assert st.offer_shown == [5, 7] and app.offer.display
+        assert st.offers.shown == [5, 7] and app.offer.display
         text = "\n".join(screen_lines(app.export_screenshot()))
         assert "look-alikes of #4: R reject all 2" in text and "#5  w" in text and "#7  w" in text
         await pilot.press("1")  # reject #5: its look-alike #9 joins the offer
-        assert decided(tmp_path / "run") == {4: "reject", 5: "reject"} and st.offer_shown == [7, 9]
+        assert decided(tmp_path / "run") == {4: "reject", 5: "reject"} and st.offers.shown == [7, 9]
         await pilot.press("R")
         await pilot.pause()
         assert decided(tmp_path / "run") == {4: "reject", 5: "reject", 7: "reject", 9: "reject"}
-        assert st.offer == [] and not app.offer.display
+        assert st.offers.ids == [] and not app.offer.display
         await pilot.press("u")  # undo takes back the last reject, one at a time
         assert 9 not in decided(tmp_path / "run")
         st.goto(st.order.index(7))
         await pilot.press("u", "home", "r")  # #7 undecided again; r on #4 (a reject already) offers #7 again
-        assert st.offer_shown == [7]
+        assert st.offers.shown == [7]
         await pilot.press("x")
-        assert st.offer == [] and st.current.id == 0
+        assert st.offers.ids == [] and st.current.id == 0
         await pilot.press("q")
 
 

@@ -20,6 +20,7 @@ from textual.binding import Binding
 from textual.worker import get_current_worker
 
 from protocli.effort import SHOWN
+from protocli.review.background import BackgroundWork
 from protocli.review.detail import Detail
 from protocli.review.gallery import PIC, Gallery, card_height
 from protocli.review.pictures import Renderer, Thumbnails
@@ -35,7 +36,7 @@ def short_path(path: Path) -> str:
         return str(path)
 
 
-class ReviewApp(App):
+class ReviewApp(BackgroundWork, App):
     TITLE = "protocli review"
     CSS = """
     Screen { layout: vertical; }
@@ -104,10 +105,10 @@ class ReviewApp(App):
     def redraw(self, force: bool = False) -> None:
         s = self.state
         filt = "all classes" if s.filter_class is None else f"class {s.class_label(s.filter_class)}"
-        shown = s.offer_shown
+        shown = s.offers.shown
         message = s.message
         if shown:
-            hint = f"look-alikes of #{s.offer_of}: R reject all {len(shown)}  1-{len(shown)} one  x dismiss"
+            hint = f"look-alikes of #{s.offers.of}: R reject all {len(shown)}  1-{len(shown)} one  x dismiss"
             message = f"{message} │ {hint}" if message else hint
         self.status.set(s.counts(), s.push, s.sort, filt, self.file_label, message, s.read_only,
                         self.effect_text)
@@ -155,70 +156,6 @@ class ReviewApp(App):
         if ids and self.renderer.pictures:
             self.run_worker(partial(self._load_patches, ids, [], self.offer), thread=True, group="offer",
                             exclusive=True, exit_on_error=False)
-
-    # -- suspicion scores and the masking effect (worker threads: torch never blocks a key) ---------
-    def start_suspicion(self) -> None:
-        self.run_worker(self._load_suspicion, thread=True, group="suspicion", exclusive=True, exit_on_error=False)
-
-    def _load_suspicion(self) -> None:
-        from protocli.suspicion import ensure
-
-        try:
-            doc = ensure(self.run_dir, self.state.push_dir, len(self.state.protos))
-        except Exception as e:  # no trained run around this push, no latents: say so, keep going
-            self._deliver(self._suspicion_failed, f"suspicion scores unavailable: {e}")
-            return
-        self._deliver(self._suspicion_ready, doc)
-
-    def _suspicion_ready(self, doc: dict) -> None:
-        self.state.set_suspicion(doc)
-        self.redraw()
-
-    def _suspicion_failed(self, text: str) -> None:
-        self.state.want_suspicion = False
-        self.state.message = text
-        self.redraw()
-
-    def start_effect(self) -> None:
-        """Load the model and latents for the masking effect, only for a run whose model holds this push."""
-        if self.state.read_only or not (self.run_dir / "model.safetensors").exists():
-            return
-        self.run_worker(self._load_effect, thread=True, group="effect-load", exit_on_error=False)
-
-    def _load_effect(self) -> None:
-        try:
-            from protocli.effect import MaskEffect
-
-            effect = MaskEffect(self.run_dir, self.state.push_dir)
-        except Exception:  # e.g. the run was revised since this push: the effect would be meaningless
-            return
-        self._deliver(self._effect_ready, effect)
-
-    def _effect_ready(self, effect) -> None:
-        self.effect = effect
-        self.update_effect()
-
-    def update_effect(self) -> None:
-        if self.effect is None:
-            return
-        rejected = self.state.rejected_ids()
-        if rejected == self._effect_for:
-            return
-        self._effect_for = rejected
-        self.run_worker(partial(self._compute_effect, rejected), thread=True, group="effect", exclusive=True,
-                        exit_on_error=False)
-
-    def _compute_effect(self, rejected: list[int]) -> None:
-        from protocli.effect import describe
-
-        worker = get_current_worker()
-        e = self.effect(rejected, cancelled=lambda: worker.is_cancelled)
-        if e is not None and not worker.is_cancelled:
-            self._deliver(self._show_effect, describe(e))
-
-    def _show_effect(self, text: str) -> None:
-        self.effect_text = text
-        self.redraw()
 
     # -- pictures (worker threads; the UI thread only swaps finished thumbnails in) -----------------
     def load_gallery(self) -> None:
@@ -322,10 +259,10 @@ class ReviewApp(App):
         self._act(self.state.cycle_sort)
 
     def action_offer_reject(self, index: int | None = None) -> None:
-        self._act(self.state.offer_reject, index)
+        self._act(self.state.offers.reject, index)
 
     def action_dismiss_offer(self) -> None:
-        self._act(self.state.dismiss_offer)
+        self._act(self.state.offers.dismiss)
 
     def action_toggle_view(self) -> None:
         t0 = time.perf_counter()

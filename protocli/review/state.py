@@ -19,6 +19,7 @@ import numpy as np
 from protocli import antitypes as at
 from protocli.errors import BadInput
 from protocli.files import read_json
+from protocli.review.offers import Offers
 
 SORTS = ("id", "suspicion", "class", "weight", "undecided")
 
@@ -125,11 +126,7 @@ class ReviewState:
         self.message = ""
         self.suspicion: dict | None = None  # the push's suspicion.json (scores, look-alikes), when known
         self.want_suspicion = False  # asked for the suspicion order before the scores were there
-        self.offers = True  # offer a rejected prototype's look-alikes
-        self.offer: list[int] = []  # offered look-alikes, the first effort.SHOWN of them on screen
-        self.offer_of: int | None = None  # the reject that started the offer
-        self._offer_chain: set[int] = set()
-        self._look: list[list[int]] | None = None
+        self.offers = Offers(self)  # look-alikes offered after a reject (offers.py)
 
     # -- reading -----------------------------------------------------------------------------------
     @property
@@ -205,59 +202,18 @@ class ReviewState:
         if len(doc.get("score", ())) != len(self.protos):
             raise ValueError("suspicion scores do not fit this push")
         self.suspicion = doc
-        self._look = doc.get("look_alikes") or self._look
+        self.offers.set_look_alikes(doc.get("look_alikes"))
         if self.want_suspicion:
             self.want_suspicion = False
             self.set_sort("suspicion")
 
-    # -- look-alike offers -------------------------------------------------------------------------
-    def look_alikes(self, j: int) -> list[int]:
-        if self._look is None:
-            from protocli.suspicion import look_alikes
-
-            self._look = look_alikes(self.vectors, self.meta)
-        return self._look[j]
-
-    @property
-    def offer_shown(self) -> list[int]:
-        from protocli.effort import SHOWN
-
-        return self.offer[:SHOWN]
-
-    def _extend_offer(self, ids: list[int]) -> None:
-        for i in ids:
-            for o in self.look_alikes(i):
-                if o not in self._offer_chain and self.decision(o) is None:
-                    self._offer_chain.add(o)
-                    self.offer.append(o)
-
-    def _start_offer(self, j: int) -> None:
-        self.offer, self.offer_of, self._offer_chain = [], j, {j}
-        if self.offers:
-            self._extend_offer([j])
-
-    def dismiss_offer(self) -> None:
-        self.offer, self.offer_of, self._offer_chain = [], None, set()
-
-    def offer_reject(self, index: int | None = None) -> int:
-        """Reject every shown look-alike (index None) or the index-th; their look-alikes join the offer."""
-        shown = self.offer_shown
-        if not shown or not self._writable():
-            return 0
-        if index is not None and not 0 <= index < len(shown):
-            self.message = f"no look-alike {index + 1} on offer"
-            return 0
-        ids = shown if index is None else [shown[index]]
-        done = []
-        for j in ids:
-            previous = self.decision(j)
-            if self._apply(j, {"verdict": "reject", "by": "user", "at": None}):
-                self.history.append((j, previous))
-                done.append(j)
-        self.offer = [o for o in self.offer if o not in done]
-        self._extend_offer(done)
-        self.message = f"rejected look-alike{'s' if len(done) > 1 else ''} " + " ".join(f"#{j}" for j in done)
-        return len(done)
+    def reject_id(self, j: int) -> bool:
+        """Reject prototype j (not the cursor's) as the user, with undo; False when the write failed."""
+        previous = self.decision(j)
+        if not self._apply(j, {"verdict": "reject", "by": "user", "at": None}):
+            return False
+        self.history.append((j, previous))
+        return True
 
     def rejected_ids(self) -> list[int]:
         return self.antitypes.rejected(self.push)
@@ -298,9 +254,9 @@ class ReviewState:
         self.history.append((p.id, previous))
         self.message = f"#{p.id} {verdict}ed"
         if verdict == "reject":
-            self._start_offer(p.id)
+            self.offers.start(p.id)
         else:
-            self.dismiss_offer()
+            self.offers.dismiss()
         self.move(1)
         return True
 
@@ -308,7 +264,7 @@ class ReviewState:
         """Undo this session's last decision (restoring what it replaced), else clear the current one."""
         if not self._writable():
             return False
-        self.dismiss_offer()
+        self.offers.dismiss()
         if self.history:
             j, previous = self.history[-1]
             if not self._apply(j, previous):
