@@ -29,9 +29,10 @@ class MaskEffect:
         from protocli.cache import min_distances, run_latents
         from protocli.model import log_similarity
         from protocli.run import Run
+        from protocli.runtime import pick_device
         from protocli.simulate import pushed_vectors
 
-        self.device = device or torch.device("cpu")
+        self.device = device or pick_device("auto")  # a large run's refit wants the GPU when there is one
         run = Run.open(run_dir)
         push_dir = Path(push_dir) if push_dir is not None else run.require_push()
         model = run.load_model(self.device)

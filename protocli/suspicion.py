@@ -210,9 +210,10 @@ def compute(run, push_dir: Path | None = None, cub=None, device=None, splits=Non
 
     from protocli import antitypes as atmod
     from protocli.cache import latents
+    from protocli.runtime import pick_device
     from protocli.simulate import pushed_vectors
 
-    device = device or torch.device("cpu")
+    device = device or pick_device("auto")
     push_dir = Path(push_dir) if push_dir is not None else run.require_push()
     doc = read_json(push_dir / "prototypes.json", "push file")
     vectors = pushed_vectors(push_dir)
