@@ -158,6 +158,7 @@ async def test_suspicion_order_and_look_alike_offers(tmp_path):
         await pilot.press("home", "r")  # #4: its look-alikes #5 and #7 are offered in a row
         await pilot.pause()
         assert st.offers.shown == [5, 7] and app.offer.display
+        assert st.offers.room == 7  # 120 columns hold 7 cards: R rejects no card that is not on screen
         text = "\n".join(screen_lines(app.export_screenshot()))
         assert "look-alikes of #4: R reject all 2" in text and "#5  w" in text and "#7  w" in text
         await pilot.press("1")  # reject #5: its look-alike #9 joins the offer

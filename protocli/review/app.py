@@ -22,7 +22,7 @@ from textual.worker import get_current_worker
 from protocli.effort import SHOWN
 from protocli.review.background import BackgroundWork
 from protocli.review.detail import Detail
-from protocli.review.gallery import PIC, Gallery, card_height
+from protocli.review.gallery import CARD_W, PIC, Gallery, card_height
 from protocli.review.pictures import Renderer, Thumbnails
 from protocli.review.state import ReviewState
 from protocli.review.widgets import HelpScreen, StatusBar, converter
@@ -105,6 +105,7 @@ class ReviewApp(BackgroundWork, App):
     def redraw(self, force: bool = False) -> None:
         s = self.state
         filt = "all classes" if s.filter_class is None else f"class {s.class_label(s.filter_class)}"
+        s.offers.room = max(1, min(SHOWN, (self.size.width or SHOWN * CARD_W) // CARD_W))  # one row of cards
         shown = s.offers.shown
         message = s.message
         if shown:

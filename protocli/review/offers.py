@@ -1,8 +1,8 @@
 """Look-alike offers: a reject in the review -> that prototype's look-alikes, offered for rejection.
 
 Inputs: the review state (decisions, pushed vectors, prototypes.json, suspicion.json's look-alikes
-when loaded). Output: `ids`, the offered prototypes in order, of which the first `effort.SHOWN` are
-on screen (`shown`). Every prototype rejected from the offer brings its own look-alikes in (those
+when loaded). Output: `ids`, the offered prototypes in order, of which the first `room` (at most
+`effort.SHOWN`, fewer when the terminal is narrow) are on screen (`shown`). Every prototype rejected from the offer brings its own look-alikes in (those
 not offered before in this chain and undecided), so a cluster is cleared without walking to it.
 The simulated reviewer (effort.py) follows exactly these rules. Never imports textual or torch.
 """
@@ -16,6 +16,7 @@ class Offers:
     def __init__(self, state):
         self.state = state
         self.enabled = True
+        self.room = SHOWN  # cards the row can show: the app lowers it on a narrow terminal
         self.ids: list[int] = []
         self.of: int | None = None  # the reject that started the chain
         self._chain: set[int] = set()
@@ -34,7 +35,7 @@ class Offers:
 
     @property
     def shown(self) -> list[int]:
-        return self.ids[:SHOWN]
+        return self.ids[:self.room]
 
     def _extend(self, ids: list[int]) -> None:
         for i in ids:
