@@ -13,11 +13,19 @@ from functools import partial
 from textual.worker import get_current_worker
 
 
+def quiet() -> None:
+    """No progress bars or info lines from stage code: the terminal belongs to the app now."""
+    from protocli.console import QUIET
+
+    QUIET["on"] = True
+
+
 class BackgroundWork:
     """Mixin of ReviewApp: needs self.state, self.run_dir, self.effect, self.effect_text,
     self._effect_for, self.redraw, self.run_worker and self._deliver."""
 
     def start_suspicion(self) -> None:
+        quiet()
         self.run_worker(self._load_suspicion, thread=True, group="suspicion", exclusive=True, exit_on_error=False)
 
     def _load_suspicion(self) -> None:
@@ -43,6 +51,7 @@ class BackgroundWork:
         """Load the model and latents for the masking effect, only for a run whose model holds this push."""
         if self.state.read_only or not (self.run_dir / "model.safetensors").exists():
             return
+        quiet()
         self.run_worker(self._load_effect, thread=True, group="effect-load", exit_on_error=False)
 
     def _load_effect(self) -> None:
