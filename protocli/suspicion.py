@@ -253,6 +253,7 @@ def load(push_dir: Path, num_prototypes: int) -> dict | None:
     try:
         doc = read_json(path, "suspicion file")
         ok = (isinstance(doc, dict) and doc.get("version") == VERSION
+              and doc.get("signals_used") == list(DEFAULT)  # scored the way this code scores
               and len(doc.get("score", ())) == num_prototypes == len(doc.get("look_alikes", ())))
         return doc if ok else None
     except BadInput:

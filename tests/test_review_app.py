@@ -117,8 +117,10 @@ async def test_text_only_and_textual_image_widgets(run):
 
 
 def write_suspicion(push, scores, look_alikes) -> None:
+    from protocli.suspicion import DEFAULT
+
     (push / "suspicion.json").write_text(json.dumps({"version": 1, "push": push.name, "score": scores,
-                                                     "look_alikes": look_alikes}))
+                                                     "signals_used": list(DEFAULT), "look_alikes": look_alikes}))
 
 
 async def test_2000_prototypes_first_screen_and_key_latency(tmp_path):
