@@ -3,6 +3,8 @@
 Usage (what docs/revision.md reports):
 
     python bench/revise_variants.py --out /tmp/rev [--variants all] [--rounds 5] [--speed]
+    # the paper's regime: a baseline fine-tuned from a pretrained encoder (docs/paper-regime.md)
+    python bench/revise_variants.py --out /tmp/rev-pre --train-args "--backbone tiny --weights encoder.safetensors"
 
 Steps: make the default synthetic data (`protocli data synth`) and train a tiny baseline unless
 OUT/data and OUT/base exist; fork the baseline once per variant and run Alg. 1 (`rounds_run`,
@@ -36,7 +38,14 @@ AUTHORS = {
     "lr_kept": None,
     "lam_clst": 0.0,
     "lam_sep": 0.0,
+    # the original push: every own-class patch, duplicates allowed, boxes from the map before projection
+    "push_avoid": False,
+    "push_distinct": False,
+    "box_map": "before",
 }
+# protocli's revision push since docs/paper-regime.md: antitype avoidance, distinct patches, boxes of
+# the pushed vectors, accepted prototypes kept in place.
+CONVERGE = {"push_avoid": True, "push_distinct": True, "box_map": "after", "lr_kept": 0.0}
 CLST_SEP = {"lam_clst": 0.8, "lam_sep": 0.08}
 SQ_MEAN = {"refine_distance": "squared", "refine_reduce": "mean"}
 
@@ -66,6 +75,7 @@ VARIANTS: dict[str, tuple[dict, int]] = {
     "squared-mean-lr3e-2-kept1e-3": _v(**SQ_MEAN, lr_prototypes=3e-2, lr_kept=1e-3),
     "squared-mean-lr1e-1-kept1e-3": _v(**SQ_MEAN, lr_prototypes=1e-1, lr_kept=1e-3),
     "squared-mean-lr3e-2-kept1e-2": _v(**SQ_MEAN, lr_prototypes=3e-2, lr_kept=1e-2),
+    "defaults": _v(**SQ_MEAN, lr_prototypes=3e-2, **CONVERGE),  # the current ReviseConfig defaults
 }
 # The baseline is `protocli train DATA --backbone tiny`: the tiny recipe (protocli/recipes.py).
 BASELINE = ["--backbone", "tiny", "--device", "cpu"]

@@ -94,9 +94,14 @@ def fmt(v) -> str:
 
 
 def info(msg: str) -> None:
+    """A line on stderr unless -q; printed as it is (a path holding [brackets] is not markup)."""
     if not QUIET["on"]:
-        console.print(msg, highlight=False)
+        console.print(msg, highlight=False, markup=False)
 
 
 def warn(msg: str) -> None:
-    console.print(f"[yellow]warning:[/] {msg}", highlight=False)
+    """A warning on stderr unless -q (errors are printed by the CLI whatever -q says)."""
+    if not QUIET["on"]:
+        from rich.text import Text
+
+        console.print(Text.assemble(("warning: ", "yellow"), msg), highlight=False)

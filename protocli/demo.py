@@ -1,20 +1,27 @@
 """`protocli demo`: an output folder -> the paper's three conditions on built-in synthetic data, compared.
 
-Steps, each a stage function called in this process (their progress bars show on stderr):
+The paper's regime at CPU scale: an encoder pretrained on broad data, fine-tuned on a confounded
+set. Steps, each a stage function called in this process (their progress bars show on stderr):
 1. OUT/data: a confounded synthetic dataset (`data synth`, parameters DATA), made when missing;
-2. OUT/runs/baseline: ProtoPNet with the `tiny` backbone (TRAIN): warm, joint, push, last layer;
-3. OUT/runs/revision: a fork of the baseline revised in ROUNDS rounds of Alg. 1 with the simulated
+2. OUT/encoder.safetensors: the `tiny` encoder pretrained as a plain classifier (`pretrain`) on
+   OUT/pretrain-data, birds of the same classes on uniformly drawn backgrounds (PRETRAIN_DATA, other
+   images than DATA's) -- the stand-in for ImageNet weights. Skipped with `pretrained=False`;
+3. OUT/runs/baseline: ProtoPNet fine-tuned from that encoder (exactly `protocli train DATA
+   --backbone tiny --weights OUT/encoder.safetensors`, the `finetune` recipe), then pushed once more
+   with boxes of the pushed vectors (`push --box-map after`, the boxes revision judges by), so that
+   the three rows below are counted alike;
+4. OUT/runs/revision: a fork of the baseline revised in ROUNDS rounds of Alg. 1 with the simulated
    user (`rounds`, box criterion); forked before the baseline is reviewed, so that its first
    round's rejects count as clicks;
-4. the simulated user on the baseline's push (`simulate`), then OUT/runs/masking: a fork with the
+5. the simulated user on the baseline's push (`simulate`), then OUT/runs/masking: a fork with the
    rejected prototypes masked and the last layer fine-tuned (`mask`);
-5. `evaluate` of each condition -> one row each (train and test accuracy, non-object prototypes,
+6. `evaluate` of each condition -> one row each (train and test accuracy, non-object prototypes,
    overlap >= .75, clicks), printed as a table and written to OUT/results.json;
-6. `report` on the revision run (its rounds, plus the three rows), and the command that opens the
+7. `report` on the revision run (its rounds, plus the three rows), and the command that opens the
    review TUI on it.
 Finished steps are reused when the demo runs again on the same OUT; a condition whose run is
 incomplete is made again. The constants below are sized so the whole demo takes under 5 minutes
-on a 2-core CPU (bench/demo_time.py measures it) while the baseline still learns the object.
+on a 2-core CPU (bench/demo_time.py measures it).
 """
 
 from __future__ import annotations
@@ -33,7 +40,12 @@ from protocli.files import atomic_write_json, read_json
 # stay tied to these values. The baseline is the `tiny` recipe (protocli/recipes.py), i.e. exactly
 # `protocli train DATA --backbone tiny`.
 DATA = {"classes": 8, "train_per_class": 40, "test_per_class": 20, "size": 96, "confound": 0.8}
-TRAIN = {"recipe": "tiny", "backbone": "tiny"}
+# Pretraining data: the same classes on backgrounds drawn uniformly (1/8 = no class information),
+# drawn with seed + PRETRAIN_SEED, so no image is one of DATA's.
+PRETRAIN_DATA = {"train_per_class": 60, "test_per_class": 10, "confound": 0.125}  # over DATA
+PRETRAIN_SEED = 1000
+PRETRAIN: dict = {}  # `protocli pretrain` defaults
+TRAIN = {"recipe": "auto", "backbone": "tiny"}
 ROUNDS = 5
 ROUND_EPOCHS: int | None = None  # None: rounds_run's default number of revision epochs per round
 MASK_LAST_EPOCHS = 20
@@ -44,8 +56,9 @@ COLUMNS = {"condition": "condition", "train_accuracy": "train", "accuracy": "tes
 
 
 def _stages(run_dir: Path) -> set[str]:
-    path = run_dir / "manifest.json"
-    return {s["kind"] for s in read_json(path, "run manifest")["stages"]} if path.exists() else set()
+    from protocli.runfiles import read_manifest
+
+    return {s["kind"] for s in read_manifest(run_dir)["stages"]} if (run_dir / "manifest.json").exists() else set()
 
 
 def _fresh_fork(path: Path, base: Path) -> None:
@@ -54,39 +67,63 @@ def _fresh_fork(path: Path, base: Path) -> None:
         return
     manifest = path / "manifest.json"
     origins = read_json(manifest, "run manifest").get("forked_from", []) if manifest.exists() else []
-    if not any(Path(o["run"]) == base.resolve() for o in origins):
+    if not isinstance(origins, list) or not any(isinstance(o, dict) and Path(str(o.get("run"))) == base.resolve()
+                                                for o in origins):
         raise BadInput("exists and is not a demo fork of the baseline; remove it or choose another --out", path)
     shutil.rmtree(path)
 
 
-def make_data(data: Path, seed: int) -> dict:
-    """The synthetic dataset at `data`, made unless a synthetic dataset is already there."""
+def make_data(data: Path, seed: int, params: dict | None = None, step: str = "[1/7] data") -> dict:
+    """The synthetic dataset at `data` (parameters `params`, default DATA), made unless one is there."""
     from protocli.data.synth import synth
 
+    want = DATA if params is None else params
     if (data / "synth.json").exists():
-        params = read_json(data / "synth.json", "synthetic dataset parameters")
-        info(f"[1/6] data: using the synthetic dataset in {data}")
-        differ = {k: params.get(k) for k, v in DATA.items() if params.get(k) != v}
+        have = read_json(data / "synth.json", "synthetic dataset parameters")
+        info(f"{step}: using the synthetic dataset in {data}")
+        differ = {k: have.get(k) for k, v in want.items() if have.get(k) != v}
         if differ:
-            warn(f"{data} was made with {differ}, not the demo's {DATA}: numbers will differ from the README")
-        return {"path": str(data), "reused": True, **{k: params.get(k) for k in (*DATA, "seed")}}
+            warn(f"{data} was made with {differ}, not the demo's {want}: numbers will differ from the README")
+        return {"path": str(data), "reused": True, **{k: have.get(k) for k in (*want, "seed")}}
     if data.exists() and any(data.iterdir()):
         raise BadInput("folder exists and holds no synthetic dataset (no synth.json); choose another --out", data)
-    info(f"[1/6] data: writing a synthetic dataset to {data}")
-    res = synth(data, seed=seed, **DATA)
-    return {"path": str(data), "reused": False, **{k: res.get(k) for k in (*DATA, "seed", "seconds")}}
+    info(f"{step}: writing a synthetic dataset to {data}")
+    res = synth(data, seed=seed, **want)
+    return {"path": str(data), "reused": False, **{k: res.get(k) for k in (*want, "seed", "seconds")}}
 
 
-def train_baseline(data: Path, base: Path, device, seed: int) -> None:
+def make_encoder(out: Path, seed: int, device) -> Path:
+    """OUT/encoder.safetensors: `tiny` pretrained as a classifier on OUT/pretrain-data (made when missing)."""
+    from protocli.pretrain import pretrain
+
+    enc = out / "encoder.safetensors"
+    make_data(out / "pretrain-data", seed + PRETRAIN_SEED, {**DATA, **PRETRAIN_DATA}, step="[2/7] encoder")
+    if enc.exists():
+        info(f"[2/7] encoder: using {enc}")
+        return enc
+    info(f"[2/7] encoder: pretraining tiny as a classifier on uniform backgrounds -> {enc}")
+    pretrain(out / "pretrain-data", enc, backbone=TRAIN["backbone"], img_size=DATA["size"], device=device,
+             generator=torch.Generator().manual_seed(seed), **PRETRAIN)
+    return enc
+
+
+def train_baseline(data: Path, base: Path, device, seed: int, encoder: Path | None) -> None:
+    from protocli.push import push_run
     from protocli.recipes import make_config
+    from protocli.run import Run
     from protocli.train import train_run
 
     done = _stages(base)
     if "last" in done:
-        info(f"[2/6] baseline: using the trained run {base}")
-        return
-    info(f"[2/6] baseline: training {TRAIN['backbone']} ProtoPNet into {base}")
-    train_run(data, base, make_config(**TRAIN, seed=seed), device=device, resume=(base / "manifest.json").exists())
+        info(f"[3/7] baseline: using the trained run {base}")
+    else:
+        how = f"fine-tuning from {encoder}" if encoder else "from scratch"
+        info(f"[3/7] baseline: training {TRAIN['backbone']} ProtoPNet ({how}) into {base}")
+        cfg = make_config(**TRAIN, seed=seed, weights=str(encoder) if encoder else None)
+        train_run(data, base, cfg, device=device, resume=(base / "manifest.json").exists())
+    latest = Run.open(base).latest_push()
+    if read_json(latest / "prototypes.json", "push file").get("box_map", "before") != "after":
+        push_run(base, device, box_map="after")
 
 
 def revise_rounds(base: Path, rev: Path, device, seed: int) -> dict:
@@ -94,11 +131,11 @@ def revise_rounds(base: Path, rev: Path, device, seed: int) -> dict:
 
     table = rev / "rounds.json"
     done = read_json(table, "rounds file") if table.exists() else {}
-    if done.get("status") in ("done", "converged"):
-        info(f"[3/6] revision: using the rounds in {rev}")
+    if isinstance(done, dict) and done.get("status") in ("done", "converged"):
+        info(f"[4/7] revision: using the rounds in {rev}")
         return done
     _fresh_fork(rev, base)
-    info(f"[3/6] revision: {ROUNDS} rounds with the simulated user on a fork, {rev}")
+    info(f"[4/7] revision: {ROUNDS} rounds with the simulated user on a fork, {rev}")
     kw = {} if ROUND_EPOCHS is None else {"epochs": ROUND_EPOCHS}
     return rounds_run(base, n_rounds=ROUNDS, user="simulated", criterion="box", out=rev, device=device,
                       generator=torch.Generator().manual_seed(seed), **kw)
@@ -109,7 +146,7 @@ def mask_condition(base: Path, mk: Path, device, seed: int) -> int:
     from protocli.mask import mask_run
     from protocli.simulate import simulate_run
 
-    info("[4/6] masking: the simulated user reviews the baseline; rejected prototypes are masked")
+    info("[5/7] masking: the simulated user reviews the baseline; rejected prototypes are masked")
     rejected = simulate_run(base, criterion="box")["rejected"]
     if "mask" not in _stages(mk):
         _fresh_fork(mk, base)
@@ -118,8 +155,11 @@ def mask_condition(base: Path, mk: Path, device, seed: int) -> int:
     return rejected
 
 
-def demo_run(out: Path = Path("demo"), device: torch.device | None = None, seed: int = 0) -> dict:
-    """Run the whole demo into `out`; returns the comparison rows, paths and timings."""
+def demo_run(out: Path = Path("demo"), device: torch.device | None = None, seed: int = 0,
+             pretrained: bool = True) -> dict:
+    """Run the whole demo into `out`; returns the comparison rows, paths and timings.
+
+    `pretrained=False` trains the baseline from scratch (the `tiny` recipe) instead."""
     from protocli.evaluate import evaluate_run
     from protocli.report import report_run
 
@@ -137,11 +177,12 @@ def demo_run(out: Path = Path("demo"), device: torch.device | None = None, seed:
         return res
 
     data_info = timed("data", make_data, data, seed)
-    timed("baseline", train_baseline, data, base, device, seed)
+    encoder = timed("encoder", make_encoder, out, seed, device) if pretrained else None
+    timed("baseline", train_baseline, data, base, device, seed, encoder)
     rounds = timed("revision", revise_rounds, base, rev, device, seed)
     mask_clicks = timed("masking", mask_condition, base, mk, device, seed)
 
-    info("[5/6] evaluate: the three conditions")
+    info("[6/7] evaluate: the three conditions")
     t0 = time.perf_counter()
     clicks = {"baseline": 0, "masking": mask_clicks, "revision": sum(r["clicks"] for r in rounds["rounds"])}
     rows = []
@@ -151,18 +192,19 @@ def demo_run(out: Path = Path("demo"), device: torch.device | None = None, seed:
                      "clicks": clicks[name], "run": str(path)})
     seconds["evaluate"] = round(time.perf_counter() - t0, 1)
 
-    info(f"[6/6] report: figures and report.md of {rev}")
+    info(f"[7/7] report: figures and report.md of {rev}")
     rep = timed("report", lambda: report_run(rev, conditions=rows, device=device, seed=seed))
     seconds["total"] = round(time.perf_counter() - t_all, 1)
     review = f"protocli review {rev}"
     result = {"out": str(out), "data": data_info, "conditions": rows, "rounds": rounds["rounds"],
               "report": rep["report"], "figures": rep["figures"], "review": review, "seconds": seconds,
-              "config": {"data": DATA, "train": TRAIN, "rounds": ROUNDS, "round_epochs": ROUND_EPOCHS,
+              "config": {"data": DATA, "pretrain_data": {**DATA, **PRETRAIN_DATA} if pretrained else None,
+                         "encoder": str(encoder) if encoder else None, "train": TRAIN, "rounds": ROUNDS, "round_epochs": ROUND_EPOCHS,
                          "mask_last_epochs": MASK_LAST_EPOCHS, "seed": seed, "device": str(device)}}
     atomic_write_json(out / "results.json", result)
     print_table("protocli demo: accuracy on train and on test (random backgrounds), non-object prototypes, "
                 "prototypes with object overlap >= .75, clicks, active prototypes, activation precision",
                 [{COLUMNS[k]: r[k] for k in COLUMNS} for r in rows], list(COLUMNS.values()))
     info(f"report: {rep['report']}\nresults: {out / 'results.json'}  ({seconds['total']} s)")
-    info(f"look at the prototypes yourself: [bold]{review}[/]")
+    info(f"look at the prototypes yourself: {review}")
     return result

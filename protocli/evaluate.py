@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 
 from protocli.console import warn
-from protocli.files import read_json
 
 
 def box_overlap(boxes: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -108,12 +107,10 @@ def evaluate_model(run, model, cub, device, criterion: str = "box", apr: bool = 
     if not cub.has_masks:
         warn("dataset has no segmentation masks: object statistics skipped")
         return out
-    doc = read_json(push / "prototypes.json", "push file")
-    from safetensors import safe_open
+    from protocli.runfiles import push_is_current, read_push_doc
 
-    with safe_open(str(push / "model.safetensors"), framework="pt") as fh:
-        pushed = fh.get_tensor("prototypes")
-    if not torch.allclose(pushed, model.prototypes.detach().cpu()):
+    doc = read_push_doc(push)
+    if not push_is_current(model.state_dict(), push):
         warn(f"prototypes moved since push {push.name}: object statistics describe that push")
     size = model.cfg.img_size
     mtr = masks(cub, "train", size=size, crop=crop, cache_dir=run.cache_dir)

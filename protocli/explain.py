@@ -22,7 +22,8 @@ import torch
 
 from protocli.console import info, print_table, warn
 from protocli.errors import BadInput
-from protocli.files import atomic_write_bytes, read_json
+from protocli.files import atomic_write_bytes
+from protocli.runfiles import read_push_doc
 
 
 def load_image(path: Path):
@@ -45,7 +46,7 @@ def load_image(path: Path):
 def _class_names(run, push_dir: Path | None, num_classes: int) -> list[str]:
     # The push file carries the names, so explaining works even where the dataset is not mounted.
     if push_dir is not None:
-        names = read_json(push_dir / "prototypes.json", "push file").get("classes")
+        names = read_push_doc(push_dir)["classes"]
         if names and len(names) == num_classes:
             return list(names)
     try:
@@ -108,9 +109,9 @@ def explain_image(run_dir: Path, image: Path, top: int = 5, out: Path | None = N
                      "patch": str(push_dir / "patches" / f"{j:04d}.png") if push_dir is not None else None})
     stale = False
     if push_dir is not None:
-        from protocli.simulate import pushed_vectors
+        from protocli.runfiles import push_is_current
 
-        stale = not torch.allclose(pushed_vectors(push_dir)[order.cpu()], model.prototypes[order].detach().cpu())
+        stale = not push_is_current(model.state_dict(), push_dir)
         if stale:
             warn(f"prototypes moved since push {push_dir.name}: the patches show where they were then")
     ranked = prob.topk(min(3, len(prob)))

@@ -104,7 +104,7 @@ def pretrain(data: Path, out: Path, *, backbone: str = "tiny", img_size: int = 9
                 loss.backward()
                 opt.step()
                 sched.step()
-                total += float(loss) * len(y)
+                total += loss.item() * len(y)
                 correct += int((logits.argmax(1) == y).sum())
                 seen += len(y)
                 advance(len(y), info=f"epoch {epoch + 1} loss {total / seen:.3f} acc {correct / seen:.3f}")

@@ -288,7 +288,8 @@ def push_model(run, model, cub, z: torch.Tensor, y: torch.Tensor, device, k: int
         c, img = int(pcls[j]), int(best_img[j])
         protos.append({
             "prototype": j, "class": c, "class_name": cub.classes[c], "image": train_items[img].name,
-            "image_index": img, "cell": [int(h[j]), int(w[j])], "projection_distance": float(best_d[j]),
+            "image_index": img, "cell": [int(h[j]), int(w[j])],
+            "projection_distance": float(best_d[j]) if bool(found[j]) else None,  # none found: JSON has no inf
             "box": [int(v) for v in boxes[j]], "weight": float(weights[c, j]),
             "duplicate_of": int(dup_of[j]) if int(dup_of[j]) != j else None,
             "nearest": [{"image": train_items[int(near_i[r, j])].name, "image_index": int(near_i[r, j]),

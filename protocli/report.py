@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from protocli.console import info
-from protocli.files import atomic_write_bytes, atomic_write_text, read_json
+from protocli.files import atomic_write_bytes, atomic_write_text
+from protocli.runfiles import read_push_doc, read_rounds
 
 PCA_SAMPLE = 20000  # grid vectors in the PCA: enough for smooth densities, fast on a CPU
 GALLERY_MAX = 16
@@ -220,10 +221,8 @@ def report_run(run_dir: Path, out: Path | None = None, conditions: list[dict] | 
     cub, model = run.cub(), run.load_model(device)
     ev = evaluate_model(run, model, cub, device, criterion="box", apr=False)
     pushes = run.stage_dirs("push")
-    docs = [read_json(p / "prototypes.json", "push file") for p in pushes]
-    rounds_path = run.path / "rounds.json"
-    rounds = read_json(rounds_path, "rounds file") if rounds_path.exists() else None
-    round_rows = (rounds.get("rounds", []) if isinstance(rounds, dict) else rounds) or []
+    docs = [read_push_doc(p) for p in pushes]
+    round_rows = read_rounds(run.path / "rounds.json")
     active = (model.prototype_mask.detach().cpu() > 0).numpy()
     pcls = model.prototype_class.cpu()
     w_own = model.last_layer.weight.detach().cpu()[pcls, torch.arange(model.num_prototypes)].numpy()
@@ -268,6 +267,7 @@ def object_figures(out: Path, run, model, cub, pushes: list[Path], stats: list[d
                    active: np.ndarray, device, seed: int, skipped: dict) -> dict[str, str]:
     """The figures that need object masks: gallery, overlap histogram, latent PCA."""
     from protocli.cache import latents
+    from protocli.runfiles import push_is_current
     from protocli.simulate import pushed_vectors
 
     figures = {}
@@ -289,7 +289,7 @@ def object_figures(out: Path, run, model, cub, pushes: list[Path], stats: list[d
     cell_obj = gtr > 0  # the cell criterion's grid masks
     traj = [pushed_vectors(p) for p in pushes]
     now = model.prototypes.detach().cpu().float()
-    if not torch.allclose(now, traj[-1]):
+    if not push_is_current(model.state_dict(), pushes[-1]):
         traj.append(now)  # revised after the last push: show where the prototypes are now
     figures["latent_pca"] = str(pca_figure(out / "latent_pca.png", ztr, cell_obj, torch.stack(traj),
                                            stats[0]["box"], torch.Generator().manual_seed(seed)))

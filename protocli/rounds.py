@@ -36,23 +36,14 @@ from protocli.errors import BadInput
 from protocli.files import atomic_write_json
 
 USERS = ("simulated", "tui")
-ENCODER_KEYS = ("features.", "add_on.", "prototypes")
 EFFORT = ("keys", "looked_90", "looked_100")  # the simulated user's review effort (simulate.review_walk)
 
 
 def push_is_current(model, push_dir: Path | None) -> bool:
     """True when the push's weights hold this model's prototypes and encoder (so a push would repeat it)."""
-    from safetensors import safe_open
+    from protocli.runfiles import push_is_current as is_current
 
-    if push_dir is None or not (push_dir / "model.safetensors").exists():
-        return False
-    state = model.state_dict()
-    with safe_open(str(push_dir / "model.safetensors"), framework="pt") as fh:
-        for k in fh.keys():
-            if k.startswith(ENCODER_KEYS) and not k.endswith("num_batches_tracked"):
-                if not torch.equal(fh.get_tensor(k), state[k].detach().cpu()):
-                    return False
-    return True
+    return is_current(model.state_dict(), push_dir)
 
 
 def ensure_push(run, model, cub, ztr, ytr, device, box_map: str = "before") -> Path:
@@ -76,7 +67,7 @@ def ensure_push(run, model, cub, ztr, ytr, device, box_map: str = "before") -> P
 def consult(run, cub, user: str, criterion: str, graphics: str, order: str = "id", look_alikes: bool = False) -> dict:
     """Ask the user about the latest push -> {push, non_object, clicks, decisions, antitypes}."""
     from protocli import antitypes as atmod
-    from protocli.files import read_json
+    from protocli.runfiles import read_push_doc
     from protocli.simulate import carry_candidates, pushed_vectors, simulate
 
     if user == "simulated":
@@ -93,7 +84,7 @@ def consult(run, cub, user: str, criterion: str, graphics: str, order: str = "id
 
     push_dir = run.require_push()
     vectors = pushed_vectors(push_dir)
-    doc = read_json(push_dir / "prototypes.json", "push file")
+    doc = read_push_doc(push_dir)
     known = run.pushes()
     before = atmod.load(run.antitypes_path, len(vectors), vectors.shape[1], known)
     _, carried = carry_candidates(before, run, doc)
@@ -115,14 +106,14 @@ def consult(run, cub, user: str, criterion: str, graphics: str, order: str = "id
 def object_counts(run, cub, criterion: str, model) -> dict:
     """Latest push: non-object (criterion) and overlap >= .75 over active prototypes (None without masks),
     and the number of distinct patches (several prototypes may share one)."""
-    from protocli.files import read_json
+    from protocli.runfiles import read_push_doc
     from protocli.simulate import push_object_stats, summarize
 
     push = run.latest_push()
     if push is None:
         return {"non_object_after": None, "overlap_ge_75": None, "unique": None}
     if not cub.has_masks:
-        doc = read_json(push / "prototypes.json", "push file")
+        doc = read_push_doc(push)
         out = {"non_object_after": None, "overlap_ge_75": None}
     else:
         stats = push_object_stats(run, cub, push)

@@ -1,9 +1,16 @@
 """Run directory: manifest, stages and weights -> the state every command reads and extends.
 
-A run is a folder (see docs/ARCHITECTURE.md). Stages write into a temporary folder
-`stages/.NNN-KIND.tmp`; only when the stage finished is the folder renamed, the run's
-`model.safetensors` replaced and the manifest updated, so a failed or killed stage leaves the run
-as it was. Weights are safetensors with the model config in the metadata: loading never unpickles.
+A run is a folder (see docs/ARCHITECTURE.md and docs/integrity.md). The manifest's stage list is
+the one source of truth: a stage is built in `stages/.NNN-KIND.tmp`, and committed by
+  1. one sync of everything written in it (files inside a stage are not synced one by one),
+  2. renaming it to `stages/NNN-KIND`,
+  3. one atomic replace of manifest.json that appends it to the stage list  <- the commit point.
+A process killed before step 3 leaves a folder the manifest does not list: readers ignore it and
+the next writer removes it; after step 3 the stage is there. So the run is always exactly as
+before or as after. The run's current weights are those of the newest listed stage that saved a
+model; RUN/model.safetensors is a hard link to them for your own scripts, refreshed after each
+commit (protocli itself goes by the manifest). Writers hold the run lock (protocli.lock).
+Weights are safetensors with the model config in the metadata: loading never unpickles.
 """
 
 from __future__ import annotations
@@ -11,18 +18,21 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import secrets
 import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protocli import __version__
+from protocli import __version__, lock
 from protocli.errors import BadInput
-from protocli.files import atomic_write_bytes, atomic_write_json, read_json
+from protocli.files import atomic_write_bytes, atomic_write_json, deferred, sync_tree
+from protocli.runfiles import MANIFEST, STAGE_ID, WEIGHTS, current_weights, model_config, read_manifest
 
-MANIFEST = "manifest.json"
-WEIGHTS = "model.safetensors"
+# Stages committed by this process, newest last: (run folder, stage id). The CLI reads it to say
+# what an interrupted command had already committed.
+COMMITTED: list[tuple[str, str]] = []
 
 
 def now_iso() -> str:
@@ -54,10 +64,16 @@ def load_weights(path: Path, device="cpu"):
         state = load_file(str(path), device="cpu")
     except Exception as e:  # safetensors raises several types for a corrupt header
         raise BadInput(f"not a readable safetensors file ({e})", path) from None
-    if "config" not in meta:
-        raise BadInput("no model config in the safetensors metadata (not written by protocli?)", path)
-    cfg = ModelConfig.from_dict(json.loads(meta["config"]))
-    model = build_model(cfg)
+    try:
+        cfg = ModelConfig.from_dict(model_config(meta, path))
+    except BadInput as e:
+        raise BadInput(str(e).removeprefix(f"{path}: "), path) from None
+    except (TypeError, ValueError) as e:  # a field of the wrong type
+        raise BadInput(f"metadata 'config' does not fit this protocli's model config ({e})", path) from None
+    try:
+        model = build_model(cfg)
+    except (TypeError, ValueError, KeyError) as e:
+        raise BadInput(f"metadata 'config' describes no buildable model ({type(e).__name__}: {e})", path) from None
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -87,6 +103,11 @@ class Stage:
         self.saved_model = True
 
 
+def _is_empty(path: Path) -> bool:
+    """No entries but possibly the lock file (the CLI locks a new run folder before creating it)."""
+    return not path.exists() or all(p.name == lock.LOCK for p in path.iterdir())
+
+
 class Run:
     def __init__(self, path: Path, manifest: dict):
         self.path = Path(path)
@@ -101,7 +122,7 @@ class Run:
         path = Path(path)
         if (path / MANIFEST).exists():
             raise BadInput("a run already exists here (use --resume to continue it, or another --run)", path)
-        if path.exists() and any(path.iterdir()):
+        if not _is_empty(path):
             raise BadInput("folder exists and is not empty; choose a new --run folder", path)
         path.mkdir(parents=True, exist_ok=True)
         manifest = {
@@ -125,19 +146,22 @@ class Run:
         path = Path(path)
         if not path.is_dir():
             raise BadInput("run folder not found", path)
-        manifest = read_json(path / MANIFEST, "run manifest")
-        if not isinstance(manifest, dict) or manifest.get("version") != 1 or "stages" not in manifest:
-            raise BadInput("not a protocli run manifest (version 1)", path / MANIFEST)
-        return cls(path, manifest)
+        return cls(path, read_manifest(path))
 
     def write_manifest(self) -> None:
         atomic_write_json(self.path / MANIFEST, self.manifest)
 
     def fork(self, out) -> Run:
-        """Copy this run to `out` (hard-linking the latent cache, which is read-only)."""
+        """Copy this run to `out` and lock the copy for this process (the cache is hard-linked: read-only).
+
+        Copies what the manifest lists, read once first, so a commit in the source during the copy
+        cannot give the fork a stage list that disagrees with its folders.
+        """
         out = Path(out)
-        if out.exists() and any(out.iterdir()):
+        if not _is_empty(out):
             raise BadInput("--out folder exists and is not empty", out)
+        manifest = read_manifest(self.path)
+        listed = {s["id"] for s in manifest["stages"]}
         tmp = out.with_name(f".{out.name}.fork.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -147,14 +171,22 @@ class Run:
             except OSError:
                 shutil.copy2(src, dst)
 
-        shutil.copytree(self.path, tmp, copy_function=copy,
-                        ignore=shutil.ignore_patterns(".*.tmp"))
+        def skip(folder, names):
+            if Path(folder) == self.path:
+                return [n for n in names if n in (MANIFEST, WEIGHTS, lock.LOCK) or n.endswith(".tmp")]
+            if Path(folder) == self.path / "stages":
+                return [n for n in names if n not in listed]
+            return [n for n in names if n.startswith(".") and n.endswith(".tmp")]
+
+        shutil.copytree(self.path, tmp, copy_function=copy, ignore=skip)
+        manifest.setdefault("forked_from", []).append({"run": str(self.path.resolve()), "at": now_iso()})
+        atomic_write_json(tmp / MANIFEST, manifest)
         if out.exists():
-            out.rmdir()
+            shutil.rmtree(out)
         os.replace(tmp, out)
-        forked = Run.open(out)
-        forked.manifest.setdefault("forked_from", []).append({"run": str(self.path.resolve()), "at": now_iso()})
-        forked.write_manifest()
+        lock.acquire(out)  # a long `rounds --out` must not share its fork with another writer
+        forked = Run(out, manifest)
+        forked._link_current()
         return forked
 
     # -- data and model -----------------------------------------------------------------
@@ -177,7 +209,8 @@ class Run:
 
     @property
     def weights_path(self) -> Path:
-        return self.path / WEIGHTS
+        """The current weights: the newest committed stage's model.safetensors (by the manifest)."""
+        return current_weights(self.path, self.manifest)
 
     def load_model(self, device="cpu"):
         return load_weights(self.weights_path, device)
@@ -192,11 +225,8 @@ class Run:
 
     # -- stages -------------------------------------------------------------------------
     def stage_dirs(self, kind: str | None = None) -> list[Path]:
-        root = self.path / "stages"
-        if not root.is_dir():
-            return []
-        dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        return [p for p in dirs if kind is None or p.name.split("-", 1)[1] == kind]
+        """Folders of the committed stages (those the manifest lists), oldest first."""
+        return [self.path / "stages" / s["id"] for s in self.stage_log(kind)]
 
     def pushes(self) -> list[str]:
         return [p.name for p in self.stage_dirs("push")]
@@ -212,37 +242,77 @@ class Run:
         return push
 
     def next_stage_id(self, kind: str) -> str:
-        n = len(self.stage_dirs()) + 1
-        return f"{n:03d}-{kind}"
+        stages = self.manifest["stages"]
+        n = int(STAGE_ID.fullmatch(stages[-1]["id"]).group(1)) if stages else 0
+        return f"{n + 1:03d}-{kind}"
+
+    def recover(self, keep: str | None = None) -> list[str]:
+        """Remove what a killed writer left (folders under stages/ the manifest does not list, except
+        `keep`) and point RUN/model.safetensors at the current weights. Call with the lock held."""
+        root = self.path / "stages"
+        listed = {s["id"] for s in self.manifest["stages"]}
+        removed = []
+        for p in self.path.glob(".*.tmp"):  # temporaries of atomic writes into the run folder
+            if p.is_file():
+                p.unlink(missing_ok=True)
+                removed.append(p.name)
+        if root.is_dir():
+            for p in root.iterdir():
+                if p.name not in listed and p.name != keep:
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+                    removed.append(p.name)
+        self._link_current()
+        return removed
+
+    def _link_current(self) -> None:
+        src, dst = self.weights_path, self.path / WEIGHTS
+        if src == dst or not src.exists() or (dst.exists() and os.path.samefile(src, dst)):
+            return  # (renaming a hard link over its twin would do nothing and leave the temporary)
+        tmp = self.path / f".{WEIGHTS}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.link(src, tmp)
+        except OSError:  # a file system without hard links
+            shutil.copy2(src, tmp)
+        os.replace(tmp, dst)
 
     @contextmanager
     def stage(self, kind: str, resumable: bool = False):
         """Run a stage atomically: commit on success, leave the run untouched on failure.
 
-        A `resumable` stage (training) keeps its temporary folder when it fails or is interrupted,
-        so that `--resume` can pick up its checkpoint; the run's committed state is unchanged.
+        Holds the run lock (re-entrant: the CLI usually holds it already). A `resumable` stage
+        (training) keeps its temporary folder when it fails or is interrupted, so that `--resume`
+        can pick up its checkpoint; the run's committed state is unchanged.
         """
-        sid = self.next_stage_id(kind)
-        tmp = self.path / "stages" / f".{sid}.tmp"
-        if not resumable:
-            shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True, exist_ok=True)
-        st = Stage(self, sid, kind, tmp)
-        try:
-            yield st
-        except BaseException:
+        with lock.hold(self.path):
+            self.manifest = read_manifest(self.path)  # another writer may have committed since we opened
+            sid = self.next_stage_id(kind)
+            name = f".{sid}.tmp"
+            self.recover(keep=name if resumable else None)
+            tmp = self.path / "stages" / name
             if not resumable:
                 shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        final = self.path / "stages" / sid
-        os.replace(tmp, final)
+            tmp.mkdir(parents=True, exist_ok=True)
+            st = Stage(self, sid, kind, tmp)
+            try:
+                with deferred(tmp):
+                    yield st
+            except BaseException:
+                if not resumable:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            self._commit(st)
+
+    def _commit(self, st: Stage) -> None:
+        final = self.path / "stages" / st.id
+        sync_tree(st.dir)  # 1. every file of the stage on disk, with one call however many there are
+        os.replace(st.dir, final)  # 2. still not part of the run: the manifest does not list it
         st.dir = final
-        if st.saved_model:
-            # Link-or-copy the stage weights into place atomically.
-            shutil.copy2(final / WEIGHTS, self.path / f".{WEIGHTS}.tmp")
-            os.replace(self.path / f".{WEIGHTS}.tmp", self.weights_path)
-        self.manifest["stages"].append({"id": sid, "kind": kind, "at": now_iso(), **st.info})
-        self.write_manifest()
+        record = {"id": st.id, "kind": st.kind, "at": now_iso(), **st.info, "weights": st.saved_model}
+        manifest = {**self.manifest, "stages": [*self.manifest["stages"], record]}
+        atomic_write_json(self.path / MANIFEST, manifest)  # 3. the commit: one atomic replace, synced
+        self.manifest = manifest
+        COMMITTED.append((str(self.path), st.id))
+        self._link_current()
 
     def stage_log(self, kind: str | None = None) -> list[dict]:
         return [s for s in self.manifest["stages"] if kind is None or s["kind"] == kind]

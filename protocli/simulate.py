@@ -28,7 +28,7 @@ import torch
 
 from protocli import antitypes as atmod
 from protocli.errors import BadInput
-from protocli.files import read_json
+from protocli.runfiles import read_push_doc
 
 CRITERIA = ("box", "cell")
 ORDERS = ("id", "suspicion")
@@ -36,13 +36,9 @@ ORDERS = ("id", "suspicion")
 
 def pushed_vectors(push_dir: Path) -> torch.Tensor:
     """The prototype vectors a push stage saved (P, D) float32: the latent vectors they were pushed to."""
-    from safetensors import safe_open
+    from protocli.runfiles import pushed_vectors as read_vectors
 
-    path = Path(push_dir) / "model.safetensors"
-    if not path.exists():
-        raise BadInput("weights of the push not found", path)
-    with safe_open(str(path), framework="pt") as fh:
-        return fh.get_tensor("prototypes").float()
+    return torch.from_numpy(read_vectors(push_dir))
 
 
 def push_object_stats(run, cub, push_dir: Path | None = None) -> dict:
@@ -60,7 +56,7 @@ def push_object_stats(run, cub, push_dir: Path | None = None) -> dict:
             "(no segmentations/ folder); review the prototypes yourself: protocli review RUN",
             run.data_root,
         )
-    doc = read_json(push_dir / "prototypes.json", "push file")
+    doc = read_push_doc(push_dir)
     crop = bool(doc.get("crop", run.crop))
     m = masks(cub, "train", size=int(doc["img_size"]), crop=crop, cache_dir=run.cache_dir)
     g = grid_masks(cub, "train", grid=doc["grid"], crop=crop, cache_dir=run.cache_dir)
@@ -85,10 +81,9 @@ def carry_candidates(ants: atmod.Antitypes, run, doc: dict) -> tuple[dict | None
     """Which decisions `carry_over` would copy onto push `doc`: (old push document, {prototype: verdict})."""
     if ants.push is None or ants.push == doc["push"]:
         return None, {}
-    old_path = run.path / "stages" / ants.push / "prototypes.json"
-    if not old_path.exists():
+    if ants.push not in run.pushes():
         return None, {}
-    old = read_json(old_path, "push file")
+    old = read_push_doc(run.path / "stages" / ants.push)
     before = {p["prototype"]: (p["image"], list(p["cell"])) for p in old["prototypes"]}
     verdicts = ants.decided(ants.push)
     same = {

@@ -54,6 +54,10 @@ def make_push(run: Path, push: str = "002-push", P: int = 12, K: int = 3, D: int
         (run / "manifest.json").write_text(json.dumps({"version": 1, "stages": []}))
     d = run / "stages" / push
     d.mkdir(parents=True)
+    manifest = json.loads((run / "manifest.json").read_text())  # the manifest lists the run's stages
+    manifest["stages"] = sorted([*manifest["stages"], {"id": push, "kind": "push", "at": "2026-01-01T00:00:00Z"}],
+                                key=lambda s: int(s["id"].split("-")[0]))
+    (run / "manifest.json").write_text(json.dumps(manifest))
     rng = np.random.default_rng(seed)
     if vectors is None:
         vectors = np.random.default_rng(0).random((P, D), dtype=np.float32)

@@ -50,3 +50,52 @@ def tiny_run(_tiny_run_master, tmp_path) -> Path:
     dst = tmp_path / "run"
     shutil.copytree(_tiny_run_master, dst)
     return dst
+
+
+# -- decisions written directly, so that a test does not depend on which prototypes the tiny run's
+# -- simulated user happens to call non-object (that depends on training and on float reduction order).
+
+def lone(run_dir: Path) -> list[int]:
+    """Prototypes of the run's latest push whose pushed vector no other prototype shares (so a reject
+    of one puts into Q no vector that an accepted prototype also holds)."""
+    from protocli.run import Run
+    from protocli.simulate import pushed_vectors
+
+    v = pushed_vectors(Run.open(run_dir).require_push()).double()
+    d = torch.cdist(v, v) + torch.diag(torch.full((len(v),), float("inf"), dtype=v.dtype))
+    return [j for j in range(len(v)) if float(d[j].min()) > 0]
+
+
+def reject(run_dir: Path, prototypes: list[int], by: str = "user") -> str:
+    """Decide the latest push of a run as `simulate` does, but with the verdicts given: reject
+    `prototypes` (their pushed vectors join Q) and accept the others. Returns the push id."""
+    from protocli import antitypes as atmod
+    from protocli.run import Run
+    from protocli.runfiles import read_push_doc
+    from protocli.simulate import pushed_vectors
+
+    run = Run.open(run_dir)
+    push_dir = run.require_push()
+    doc = read_push_doc(push_dir)
+    vectors = pushed_vectors(push_dir)
+    ants = atmod.load(run.antitypes_path, num_prototypes=len(vectors), dim=vectors.shape[1],
+                      known_pushes=run.pushes())
+    push = doc["push"]
+    for p in doc["prototypes"]:
+        j = p["prototype"]
+        if j in prototypes:
+            ants.decide(j, "reject", by, push, vector=vectors[j].numpy(), cls=p["class"], image=p["image"],
+                        box=p["box"])
+        else:
+            ants.decide(j, "accept", by, push)
+    atmod.save(ants, run.antitypes_path)
+    assert atmod.load(run.antitypes_path).rejected(push) == sorted(prototypes)
+    return push
+
+
+@pytest.fixture
+def decide():
+    """The helpers above, for tests: decide.lone(run_dir), decide.reject(run_dir, prototypes)."""
+    import types
+
+    return types.SimpleNamespace(lone=lone, reject=reject)

@@ -19,6 +19,8 @@ def tiny(monkeypatch):
     monkeypatch.setattr(demo, "ROUNDS", 2)
     monkeypatch.setattr(demo, "ROUND_EPOCHS", 2)
     monkeypatch.setattr(demo, "MASK_LAST_EPOCHS", 2)
+    monkeypatch.setattr(demo, "PRETRAIN_DATA", {"train_per_class": 4, "test_per_class": 2, "confound": 0.25})
+    monkeypatch.setattr(demo, "PRETRAIN", {"epochs": 1, "batch_size": 8, "workers": 0})
 
 
 def test_demo_end_to_end_then_reuses_its_work(monkeypatch, tmp_path):
@@ -36,6 +38,7 @@ def test_demo_end_to_end_then_reuses_its_work(monkeypatch, tmp_path):
     assert json.loads((out / "results.json").read_text())["conditions"] == res["conditions"]
     assert (out / "runs" / "revision" / "report" / "report.md").exists() and res["figures"]
     assert res["review"] == f"protocli review {out / 'runs' / 'revision'}"
+    assert (out / "encoder.safetensors").exists() and res["config"]["encoder"]  # the paper's regime
 
     again = demo.demo_run(out, device=torch.device("cpu"))  # everything is there: nothing is retrained
     assert again["conditions"] == res["conditions"] and again["data"]["reused"]

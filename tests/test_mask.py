@@ -10,7 +10,6 @@ from protocli.errors import BadInput
 from protocli.mask import mask_run
 from protocli.model import ModelConfig, build_model
 from protocli.run import Run, load_weights
-from protocli.simulate import simulate_run
 
 
 def test_masked_prototypes_have_no_effect_on_the_logits():
@@ -29,10 +28,9 @@ def test_masked_prototypes_have_no_effect_on_the_logits():
         assert not torch.allclose(model.head(z)[0], before)
 
 
-def test_mask_run_masks_rejected_and_refits_the_last_layer(tiny_run, tmp_path):
-    sim = simulate_run(tiny_run, criterion="box")
-    rejected = sim["rejected_prototypes"]
-    assert rejected, "the tiny run should have non-object prototypes under the box criterion"
+def test_mask_run_masks_rejected_and_refits_the_last_layer(tiny_run, tmp_path, decide):
+    rejected = [1, 6]
+    decide.reject(tiny_run, rejected)
     run = Run.open(tiny_run)
     old = run.load_model()
     out = tmp_path / "masked"
@@ -65,16 +63,19 @@ def test_mask_run_masks_rejected_and_refits_the_last_layer(tiny_run, tmp_path):
     assert torch.equal(load_weights(stage / "model.safetensors").prototype_mask, want)
 
 
-def test_masking_accuracy_matches_a_recount(tiny_run):
+def test_masking_accuracy_matches_a_recount(tiny_run, decide):
     """accuracy_masked is the accuracy of the masked model before any fine-tune."""
     from protocli.evaluate import evaluate_model
 
-    sim = simulate_run(tiny_run, criterion="box")
+    rejected = [0, 2, 5]
+    decide.reject(tiny_run, rejected)
     run = Run.open(tiny_run)
     model = run.load_model()
-    model.prototype_mask[sim["rejected_prototypes"]] = 0
+    model.prototype_mask[rejected] = 0
     want = evaluate_model(run, model, run.cub(), torch.device("cpu"), apr=False)["accuracy"]
     res = mask_run(tiny_run, last_epochs=0)
+    assert res["masked_prototypes"] == rejected
+    assert torch.equal(Run.open(tiny_run).load_model().prototype_mask, model.prototype_mask)
     assert res["accuracy_masked"] == pytest.approx(want) == pytest.approx(res["accuracy_after"])
 
 

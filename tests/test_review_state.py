@@ -118,6 +118,9 @@ def test_failed_write_keeps_file_and_memory_in_step(tmp_path):
 
 
 def test_entry_errors(tmp_path):
+    with pytest.raises(BadInput, match="manifest.json: run manifest not found"):
+        review(tmp_path)  # a folder without a manifest is not a run
+    (tmp_path / "manifest.json").write_text('{"version": 1, "stages": []}')
     with pytest.raises(BadInput, match="protocli push RUN"):
         review(tmp_path)
     make_push(tmp_path / "run", pictures=False)

@@ -12,9 +12,9 @@ import torch
 from protocli import losses
 from protocli.cache import latents
 from protocli.errors import BadInput
-from protocli.revise import ReviseConfig, revise_prototypes, revise_run, revision_loss
+from protocli.revise import ReviseConfig, on_antitype, revise_prototypes, revise_run, revision_loss
 from protocli.run import Run
-from protocli.simulate import simulate_run
+from protocli.runfiles import read_push_doc
 
 G = torch.Generator
 
@@ -73,7 +73,7 @@ def test_one_epoch_moves_prototypes_away_from_the_antitypes(tiny_run, reduce):
         3, model.cfg.proto_dim, generator=G().manual_seed(0)
     )
     before = torch.cdist(model.prototypes.detach(), q).min().item()
-    cfg = ReviseConfig(epochs=1, batch_size=8, refine_reduce=reduce)
+    cfg = ReviseConfig(epochs=1, batch_size=8, refine_reduce=reduce, lr_kept=None)  # all prototypes move
     hist = revise_prototypes(model, z, y, q, cfg, G().manual_seed(0))
     after = torch.cdist(model.prototypes.detach(), q).min().item()
     assert after > before
@@ -97,7 +97,7 @@ def test_lr_kept_is_a_per_prototype_adam_learning_rate(tiny_run):
     assert float(moved[on].min()) > 1e-3 * steps * 1.5
     assert ReviseConfig().lr_kept is None or ReviseConfig().lr_kept < ReviseConfig().lr_prototypes
     with pytest.raises(BadInput, match="--lr-kept"):
-        ReviseConfig(lr_kept=0.0).check()
+        ReviseConfig(lr_kept=-1.0).check()
 
 
 def test_con_pulls_prototypes_back_into_the_unit_cube(tiny_run):
@@ -112,18 +112,33 @@ def test_con_pulls_prototypes_back_into_the_unit_cube(tiny_run):
     assert float(losses.con_hinge(model.prototypes)) < 0.1 * (0.3 * 3 + 0.2 * 2) * model.num_prototypes
 
 
-def test_only_prototypes_and_last_layer_train(tiny_run):
+def test_only_prototypes_and_last_layer_train(tiny_run, decide):
+    """Default config: the rejected prototypes (those on an antitype) and the last layer train; the
+    accepted prototypes (lr_kept 0), the backbone and the add-on stay exactly as they were."""
     _, model, z, y = _cached(tiny_run)
     old = {k: v.clone() for k, v in model.state_dict().items()}
-    q = model.prototypes.detach()[:2] + 0.02
+    lone = decide.lone(tiny_run)  # no other prototype holds their vectors, so none else is on Q
+    assert len(lone) >= 2, lone
+    on = [lone[0], lone[-1]]
+    q = model.prototypes.detach()[on].clone()  # pushed vectors of rejected prototypes: they sit on Q
+    assert ReviseConfig().lr_kept == 0.0
     revise_prototypes(model, z, y, q, ReviseConfig(epochs=1, batch_size=8), G().manual_seed(0))
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, old[k])}
     assert changed == {"prototypes", "last_layer.weight"}
+    new = model.prototypes.detach()
+    kept = [j for j in range(model.num_prototypes) if j not in on]
+    assert torch.equal(new[kept], old["prototypes"][kept])
+    assert all(not torch.equal(new[j], old["prototypes"][j]) for j in on)
     assert not any(p.requires_grad for p in model.parameters())  # frozen again afterwards
 
 
-def test_revise_run_commits_revise_push_last(tiny_run, tmp_path):
-    simulate_run(tiny_run, criterion="box")
+def test_revise_run_commits_revise_push_last(tiny_run, tmp_path, decide):
+    lone = decide.lone(tiny_run)  # no accepted prototype holds the vector of a rejected one
+    assert len(lone) >= 2, lone
+    rejected = [lone[0], lone[-1]]
+    push = decide.reject(tiny_run, rejected)
+    before = Run.open(tiny_run).load_model().prototypes.detach().clone()
+    q = before[rejected]
     out = tmp_path / "revised"
     cfg = ReviseConfig(epochs=2, last_epochs=2, batch_size=8)
     res = revise_run(tiny_run, cfg, out=out, generator=G().manual_seed(0))
@@ -139,6 +154,7 @@ def test_revise_run_commits_revise_push_last(tiny_run, tmp_path):
         for x in (run.stage_dirs("revise")[-1] / "metrics.jsonl").read_text().splitlines()
     ]
     assert len(recs) == 2
+    assert res["antitypes"] == len(rejected)
     for k in (
         "refine",
         "con",
@@ -159,6 +175,18 @@ def test_revise_run_commits_revise_push_last(tiny_run, tmp_path):
     # exact differences: cdist's default matmul form has ~1e-3 cancellation error at distance 0
     d = torch.cdist(model.prototypes.detach(), flat, compute_mode="donot_use_mm_for_euclid_dist")
     assert d.min(dim=1).values.max().item() < 1e-6
+    # the revision moved the rejected prototypes off their antitypes, and the push (push_avoid) put no
+    # prototype back onto a rejected patch; the accepted ones (lr_kept 0) kept their vectors
+    assert all(r["min_dist_antitype"] > 0 for r in recs)
+    after = model.prototypes.detach()
+    assert not on_antitype(after, q).any()
+    kept = [j for j in range(len(before)) if j not in rejected]
+    torch.testing.assert_close(after[kept], before[kept], rtol=0, atol=1e-4)
+    old_doc = read_push_doc(Run.open(tiny_run).path / "stages" / push)
+    new_doc = read_push_doc(run.latest_push())
+    for j in rejected:
+        old_p, new_p = old_doc["prototypes"][j], new_doc["prototypes"][j]
+        assert (new_p["image"], new_p["cell"]) != (old_p["image"], old_p["cell"]), j
     for k in ("accuracy_before", "accuracy_pushed", "accuracy_after", "train_accuracy"):
         assert 0.0 <= res[k] <= 1.0
 

@@ -76,18 +76,75 @@ def test_rounds_lower_the_non_object_count(rounds_base, tmp_path):
     assert json.loads((tmp_path / "r" / "rounds.json").read_text())["rounds"] == rows
 
 
-def test_rounds_table_and_stages(tiny_run):
-    res = rounds_run(tiny_run, n_rounds=2, epochs=2, criterion="box", cfg=FAST)
+def fake_criterion(monkeypatch, rule):
+    """Replace the object statistics' non-object flags (both criteria) by `rule(doc) -> set of
+    prototype ids`, for the simulated user and the table alike, so rejects exist by construction
+    (the tiny run may have no non-object prototype at all). Returns the push ids it was asked about."""
+    from protocli import simulate as simmod
+
+    real = simmod.push_object_stats
+    seen = []
+
+    def stats(run, cub, push_dir=None):
+        out = real(run, cub, push_dir)
+        flags = torch.zeros(len(out["doc"]["prototypes"]), dtype=torch.bool)
+        flags[sorted(rule(out["doc"]))] = True
+        out["box"], out["cell"] = flags, flags.clone()
+        seen.append(out["doc"]["push"])
+        return out
+
+    monkeypatch.setattr(simmod, "push_object_stats", stats)
+    return seen
+
+
+def bad_patches():
+    """A user who, on the first push they see, calls two patches non-object (those of the first and
+    the last prototype that share their patch with no other), and afterwards every prototype that
+    sits on one of those two patches."""
+    bad: list = []
+
+    def patch(p):
+        return p["image"], tuple(p["cell"])
+
+    def rule(doc):
+        if not bad:
+            patches = [patch(p) for p in doc["prototypes"]]
+            alone = [x for x in patches if patches.count(x) == 1]
+            bad.extend([alone[0], alone[-1]])
+        return {p["prototype"] for p in doc["prototypes"] if patch(p) in bad}
+
+    return rule
+
+
+def test_rounds_table_and_stages(tiny_run, monkeypatch):
+    from protocli.runfiles import read_push_doc
+
+    trained_push = read_push_doc(Run.open(tiny_run).latest_push())
+    seen = fake_criterion(monkeypatch, bad_patches())
+    res = rounds_run(tiny_run, n_rounds=3, epochs=2, criterion="box", cfg=FAST)
     rows = res["rounds"]
     assert all(set(r) == ROW_KEYS for r in rows)
-    assert rows[0]["round"] == 0 and rows[0]["clicks"] == 0
-    assert rows[1]["clicks"] == rows[1]["non_object"] > 0  # round 1: every reject is new
+    assert seen, "the simulated user was not consulted through push_object_stats"
+    assert rows[0]["round"] == 0 and rows[0]["clicks"] == 0 and rows[0]["non_object_after"] == 2
+    # round 1: every reject is new, and each one's pushed vector joins Q
+    assert rows[1]["clicks"] == rows[1]["non_object"] == rows[1]["antitypes"] == 2
+    assert rows[1]["decisions"] == res["summary"]["prototypes"]
+    assert rows[1]["accuracy_before_ft"] is not None
+    # the revision push avoids the rejected patches, so round 2 finds nothing and stops
+    assert rows[1]["non_object_after"] == 0
+    assert rows[2]["non_object"] == 0 and rows[2]["clicks"] == 0 and rows[2]["accuracy_before_ft"] is None
+    assert len(rows) == 3 and res["status"] == "converged"
     run = Run.open(tiny_run)
     kinds = [s["kind"] for s in run.stage_log()]
-    # the baseline's push is reused; then revise -> push -> last per round that revised
+    # a training push drew its boxes from the map before projection: rounds pushes again with the
+    # revision's box map; then revise -> push -> last per round that revised
+    fresh = ["push"] if trained_push.get("box_map", "before") != FAST.box_map else []
     revised = sum(r["accuracy_before_ft"] is not None for r in rows[1:])
-    assert kinds[3:] == ["revise", "push", "last"] * revised
-    assert res["summary"]["clicks"] == sum(r["clicks"] for r in rows)
+    assert revised == 1
+    assert kinds[3:] == fresh + ["revise", "push", "last"] * revised
+    assert read_push_doc(run.latest_push())["box_map"] == FAST.box_map
+    assert res["summary"]["clicks"] == sum(r["clicks"] for r in rows) == 2
+    assert res["summary"]["non_object_start"] == 2 and res["summary"]["non_object_end"] == 0
     doc = json.loads((tiny_run / "rounds.json").read_text())
     assert doc["status"] in ("done", "converged") and doc["summary"] == res["summary"]
 
@@ -128,13 +185,16 @@ def test_tui_user_is_consulted_and_clicks_counted(tiny_run, monkeypatch):
     assert res["status"] == "converged" and len(rows) == 3
 
 
-def test_final_mask_masks_what_is_still_rejected(tiny_run):
+def test_final_mask_masks_what_is_still_rejected(tiny_run, monkeypatch):
+    # a user who rejects prototypes 1 and 6 wherever they sit: still rejected after the revision
+    fake_criterion(monkeypatch, lambda doc: {1, 6})
     res = rounds_run(tiny_run, n_rounds=1, epochs=1, criterion="box", final_mask=True, cfg=FAST)
     fm = res["final_mask"]
     run = Run.open(tiny_run)
     assert run.stage_log()[-1]["kind"] == "mask"
+    assert [s["kind"] for s in run.stage_log()][-4:-1] == ["revise", "push", "last"]
     ants = atmod.load(run.antitypes_path)
-    assert sorted(fm["masked_prototypes"]) == ants.rejected(run.latest_push().name)
+    assert sorted(fm["masked_prototypes"]) == ants.rejected(run.latest_push().name) == [1, 6]
     mask = run.load_model().prototype_mask
     assert int((mask == 0).sum()) == fm["masked"] and fm["non_object_after"] == 0
 

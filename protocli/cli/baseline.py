@@ -6,7 +6,17 @@ from pathlib import Path
 
 import typer
 
-from protocli.cli.common import DEVICE_OPT, JSON_OPT, OUT_RUN_OPT, QUIET_OPT, SEED_OPT, Criterion, execute, kv
+from protocli.cli.common import (
+    DEVICE_OPT,
+    JSON_OPT,
+    OUT_RUN_OPT,
+    QUIET_OPT,
+    SEED_OPT,
+    WAIT_OPT,
+    Criterion,
+    execute,
+    kv,
+)
 from protocli.recipes import default_help as R
 
 app = typer.Typer(rich_markup_mode=None)
@@ -135,6 +145,7 @@ def train(
     workers: int | None = typer.Option(None, help="DataLoader workers (default: from the CPU count)."),
     seed: int = SEED_OPT,
     resume: bool = typer.Option(False, help="Continue an interrupted training of --run from its checkpoint."),
+    wait: bool = WAIT_OPT,
     as_json: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
 ):
@@ -155,7 +166,7 @@ def train(
         )
         return train_run(data, run, cfg, device=pick_device(device), resume=resume)
 
-    execute(go, as_json, quiet, kv("training"))
+    execute(go, as_json, quiet, kv("training"), lock=run, wait=wait, new_run=True)
 
 
 @app.command()
@@ -166,6 +177,7 @@ def push(
                                      "the prototype vector before projection (the original ProtoPNet), 'after' = "
                                      "the projected vector (always peaks at the pushed cell)."),
     device: str = DEVICE_OPT,
+    wait: bool = WAIT_OPT,
     as_json: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
 ):
@@ -177,7 +189,7 @@ def push(
 
         return push_run(run, device=pick_device(device), box_map=box_map)
 
-    execute(go, as_json, quiet, kv("push"))
+    execute(go, as_json, quiet, kv("push"), lock=run, wait=wait)
 
 
 @app.command()
@@ -192,6 +204,7 @@ def prune(
     out: Path | None = OUT_RUN_OPT,
     device: str = DEVICE_OPT,
     seed: int = SEED_OPT,
+    wait: bool = WAIT_OPT,
     as_json: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
 ):
@@ -207,7 +220,7 @@ def prune(
         return prune_run(run, k=k, threshold=threshold, last_epochs=last_epochs, lr_last=lr_last, out=out,
                          device=pick_device(device), generator=seed_everything(seed))
 
-    execute(go, as_json, quiet, kv("pruning"))
+    execute(go, as_json, quiet, kv("pruning"), lock=None if out else run, wait=wait)
 
 
 @app.command()

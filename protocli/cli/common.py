@@ -4,11 +4,11 @@ failures, 130 interrupted). Torch-free, like every module of this package."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Callable
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -27,6 +27,8 @@ DISTINCT_OPT = typer.Option(True, "--distinct/--no-distinct", help="Revision pus
                             "(the nearer prototype keeps a contested patch).")
 BOX_MAP_OPT = typer.Option("after", "--box-map", help="Revision push boxes from the map of the pushed vector "
                            "(after) or, as the original push, of the vector before projection (before).")
+WAIT_OPT = typer.Option(False, "--wait", help="If another protocli command is changing this run, wait for it "
+                        "to finish instead of exiting with code 2.")
 ANTITYPES_OPT = typer.Option(
     None, "--antitypes", help="Decisions file to use (default: RUN/antitypes.json).", exists=False
 )
@@ -71,33 +73,77 @@ class Reduce(str, Enum):
     mean = "mean"
 
 
-def execute(fn: Callable[[], dict], as_json: bool, quiet: bool, show: Callable[[dict], Any] | None = None):
-    """Run a stage and map its outcome to output and exit codes."""
+def execute(fn: Callable[[], dict], as_json: bool, quiet: bool, show: Callable[[dict], Any] | None = None,
+            lock: Path | None = None, wait: bool = False, new_run: bool = False):
+    """Run a stage and map its outcome to output and exit codes.
+
+    `lock`: the run this command changes; its lock is held while `fn` runs (exit 2 naming the holder
+    when another process has it, or wait for it with `wait`). `new_run`: the folder may not exist
+    yet (train): it is created to hold the lock, and removed again if no run was made. Messages are printed without markup,
+    so a path like `runs/x[old]` comes out as it is.
+    """
     from protocli.console import QUIET, console
     from protocli.errors import BadInput
+    from protocli.files import dumps
+    from protocli.run import COMMITTED
 
     QUIET["on"] = quiet
+    done_before = len(COMMITTED)
+
+    def say(label: str, style: str, text: str) -> None:
+        from rich.text import Text
+
+        console.print(Text.assemble((label, style), text), highlight=False, soft_wrap=True)
+
     try:
-        result = fn()
+        result = _locked(fn, lock, wait, new_run) if lock is not None else fn()
     except BadInput as e:
-        console.print(f"[red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
+        say("error: ", "red", str(e))
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: the run is unchanged (training keeps its checkpoint for --resume)")
+        say("interrupted: ", "yellow", interrupted_message(COMMITTED[done_before:]))
         raise typer.Exit(130) from None
     except typer.Exit:
         raise
     except Exception as e:  # anything else is our failure: exit 1, traceback on request
         if os.environ.get("PROTOCLI_DEBUG"):
             raise
-        console.print(f"[red]failed:[/] {type(e).__name__}: {e} (set PROTOCLI_DEBUG=1 for the traceback)",
-                      highlight=False, soft_wrap=True)
+        say("failed: ", "red", f"{type(e).__name__}: {e} (set PROTOCLI_DEBUG=1 for the traceback)")
         raise typer.Exit(1) from None
     if show is not None and not quiet:
         show(result)
     if as_json:
-        sys.stdout.write(json.dumps(result, indent=1, default=str) + "\n")
+        sys.stdout.write(dumps(result, indent=1, default=str) + "\n")
     return result
+
+
+def _locked(fn: Callable[[], dict], run: Path, wait: bool, new_run: bool) -> dict:
+    import shutil
+
+    from protocli.lock import hold
+
+    if not run.is_dir() and not new_run:
+        return fn()  # no run there: the stage says so, naming the folder
+    made = not run.exists()
+    run.mkdir(parents=True, exist_ok=True)
+    try:
+        with hold(run, wait=wait):
+            return fn()
+    finally:
+        if made and not (run / "manifest.json").exists():
+            shutil.rmtree(run, ignore_errors=True)
+
+
+def interrupted_message(committed: list[tuple[str, str]]) -> str:
+    """What an interrupted command leaves: the stages it committed are kept, the one in progress is not."""
+    tail = "the stage in progress was discarded (training keeps its checkpoint for --resume)"
+    if not committed:
+        return f"the run is unchanged: {tail}"
+    runs: dict[str, list[str]] = {}
+    for run, sid in committed:
+        runs.setdefault(run, []).append(sid)
+    kept = "; ".join(f"{', '.join(ids)} in {run}" for run, ids in runs.items())
+    return f"committed before the interrupt and kept: {kept}; {tail}"
 
 
 def kv(title: str):

@@ -54,15 +54,18 @@ def demo(
     out: Path = typer.Option(Path("demo"), "--out", help="Folder for the data and the runs."),
     device: str = DEVICE_OPT,
     seed: int = SEED_OPT,
+    pretrained: bool = typer.Option(True, "--pretrained/--scratch", help="Fine-tune from an encoder pretrained "
+                                    "on uniform backgrounds (the paper's regime), or train from scratch."),
     as_json: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
 ):
-    """The whole job on built-in synthetic data: baseline, masking and 5 revision rounds, compared."""
+    """The whole job on built-in synthetic data: a pretrained encoder, baseline, masking and 5 revision
+    rounds, compared."""
 
     def go():
         from protocli.demo import demo_run
         from protocli.runtime import pick_device
 
-        return demo_run(out, device=pick_device(device), seed=seed)
+        return demo_run(out, device=pick_device(device), seed=seed, pretrained=pretrained)
 
     execute(go, as_json, quiet, None)

@@ -20,6 +20,7 @@ from protocli.cli.common import (
     PUSH_AVOID_OPT,
     QUIET_OPT,
     SEED_OPT,
+    WAIT_OPT,
     Criterion,
     Distance,
     Graphics,
@@ -42,6 +43,7 @@ def simulate(
     antitypes: Path | None = ANTITYPES_OPT,
     order: Order = ORDER_OPT,
     look_alikes: bool = LOOK_ALIKES_OPT,
+    wait: bool = WAIT_OPT,
     as_json: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
 ):
@@ -57,7 +59,7 @@ def simulate(
         return simulate_run(run, criterion=criterion.value, antitypes=antitypes, order=order.value,
                             look_alikes=look_alikes)
 
-    execute(go, as_json, quiet, kv("simulated review"))
+    execute(go, as_json, quiet, kv("simulated review"), lock=run, wait=wait)
 
 
 @app.command()
@@ -67,6 +69,7 @@ def review(
     push_id: str | None = typer.Option(None, "--push", help="Review this push instead of the latest."),
     order: Order = typer.Option(Order.id, "--order", help="First order of the cards: id, or suspicion "
                                 "(background-like first; `s` in the app switches)."),
+    wait: bool = WAIT_OPT,
     as_json: bool = JSON_OPT,
 ):
     """Open the review TUI: look at every prototype, reject the ones that show background."""
@@ -74,7 +77,7 @@ def review(
     def go():
         from protocli.review import review as review_app
 
-        return review_app(run, graphics=graphics.value, push=push_id, order=order.value)
+        return review_app(run, graphics=graphics.value, push=push_id, order=order.value, wait=wait)
 
     execute(go, as_json, False, kv("review"))
 
@@ -88,6 +91,7 @@ def mask(
     out: Path | None = OUT_RUN_OPT,
     device: str = DEVICE_OPT,
     seed: int = SEED_OPT,
+    wait: bool = WAIT_OPT,
     as_json: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
 ):
@@ -100,7 +104,7 @@ def mask(
         return mask_run(run, antitypes=antitypes, last_epochs=last_epochs, lr_last=lr_last, out=out,
                         device=pick_device(device), generator=seed_everything(seed))
 
-    execute(go, as_json, quiet, kv("masking"))
+    execute(go, as_json, quiet, kv("masking"), lock=None if out else run, wait=wait)
 
 
 # Revise settings, shared by `revise` and `rounds` (the fields of ReviseConfig but `epochs`, whose help
@@ -148,6 +152,7 @@ def revise(
     out: Path | None = OUT_RUN_OPT,
     device: str = DEVICE_OPT,
     seed: int = SEED_OPT,
+    wait: bool = WAIT_OPT,
     as_json: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
 ):
@@ -167,7 +172,7 @@ def revise(
         return revise_run(run, cfg, antitypes=antitypes, out=out, device=pick_device(device),
                           generator=seed_everything(seed))
 
-    execute(go, as_json, quiet, kv("revision"))
+    execute(go, as_json, quiet, kv("revision"), lock=None if out else run, wait=wait)
 
 
 @app.command()
@@ -204,6 +209,7 @@ def rounds(
     out: Path | None = OUT_RUN_OPT,
     device: str = DEVICE_OPT,
     seed: int = SEED_OPT,
+    wait: bool = WAIT_OPT,
     as_json: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
 ):
@@ -238,4 +244,4 @@ def rounds(
         rows = result.get("rounds", [])
         print_table("rounds", rows, [c for c in cols if rows and c in rows[0]])
 
-    execute(go, as_json, quiet, show)
+    execute(go, as_json, quiet, show, lock=None if out else run, wait=wait)

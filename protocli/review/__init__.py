@@ -33,15 +33,21 @@ def check_terminal() -> None:
             raise BadInput(f"protocli review needs a terminal, but {name} is not a TTY")
 
 
-def review(run_dir: Path, graphics: str = "auto", push: str | None = None, order: str = "id") -> dict:
+def review(run_dir: Path, graphics: str = "auto", push: str | None = None, order: str = "id",
+           wait: bool = False) -> dict:
     """Open the review app on the run's latest push (or `push`) and block until the user quits.
 
     `order` "suspicion" shows background-like prototypes first: the scores come from the push's
     suspicion.json, computed here (torch, the latent cache) when missing.
 
     Decisions of the previous push carry over where a prototype still sits on the same patch.
+    The app holds the run lock while it is open, so no other command changes antitypes.json under
+    it; when another command holds the lock, it opens read-only (or, with `wait`, waits for it).
     BadInput: no push in the run, unknown push or graphics value, a bad antitypes.json, no terminal.
     """
+    from contextlib import ExitStack
+
+    from protocli import lock
     from protocli.review.pictures import GRAPHICS, make_renderer
     from protocli.review.state import list_pushes, open_state
 
@@ -51,26 +57,32 @@ def review(run_dir: Path, graphics: str = "auto", push: str | None = None, order
         raise BadInput(f"--order is {order!r}, expected id or suspicion")
     # Check the run before the terminal: a script without a TTY still learns what is wrong with it.
     run_dir = Path(run_dir)
-    pushes = list_pushes(run_dir)
     if not run_dir.is_dir():
         raise BadInput("run folder not found", run_dir)
+    pushes = list_pushes(run_dir)
     if not pushes:
         raise BadInput("this run has no push yet; run `protocli push RUN` first", run_dir)
     if push is not None and push not in pushes:
         raise BadInput(f"push {push!r} not found; pushes: {', '.join(pushes)}", run_dir / "stages")
     check_terminal()
-    state = open_state(run_dir, push)
-    if order == "suspicion":
-        if state.suspicion is None:
-            from protocli.console import info
-            from protocli.suspicion import ensure
+    with ExitStack() as stack:
+        busy = None
+        try:
+            stack.enter_context(lock.hold(run_dir, wait=wait))
+        except lock.Busy:
+            busy = f"read-only: {run_dir} is in use by {lock.describe(lock.holder(run_dir))}"
+        state = open_state(run_dir, push, busy=busy)
+        if order == "suspicion":
+            if state.suspicion is None:
+                from protocli.console import info
+                from protocli.suspicion import ensure
 
-            info("computing suspicion scores (once per push)")
-            state.set_suspicion(ensure(run_dir, state.push_dir, len(state.protos)))
-        state.set_sort("suspicion")
-        state.message = ""
-    renderer = make_renderer(graphics)  # may probe the terminal: must happen before App.run()
-    from protocli.review.app import ReviewApp
+                info("computing suspicion scores (once per push)")
+                state.set_suspicion(ensure(run_dir, state.push_dir, len(state.protos)))
+            state.set_sort("suspicion")
+            state.message = busy or ""
+        renderer = make_renderer(graphics)  # may probe the terminal: must happen before App.run()
+        from protocli.review.app import ReviewApp
 
-    ReviewApp(state, renderer).run()
-    return state.summary()
+        ReviewApp(state, renderer).run()
+        return state.summary()

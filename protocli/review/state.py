@@ -10,7 +10,6 @@ import textual.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +17,8 @@ import numpy as np
 
 from protocli import antitypes as at
 from protocli.errors import BadInput
-from protocli.files import read_json
 from protocli.review.offers import Offers
+from protocli.runfiles import push_is_current, read_manifest, read_push_doc, read_tensors, stage_ids
 
 SORTS = ("id", "suspicion", "class", "weight", "undecided")
 
@@ -39,69 +38,41 @@ class Proto:
 
 
 def list_pushes(run_dir: Path) -> list[str]:
-    """Push ids of a run, oldest first: the stages/NNN-push folders."""
-    stages = Path(run_dir) / "stages"
-    if not stages.is_dir():
-        return []
-    ids = [p.name for p in stages.iterdir() if p.is_dir() and re.fullmatch(r"\d+-push", p.name)]
-    return sorted(ids, key=at.push_key)
+    """Push ids of a run, oldest first: the push stages its manifest lists."""
+    return stage_ids(read_manifest(run_dir, full=False), "push")
 
 
-def current_last_layer(push_dir: Path, pushed: np.ndarray) -> np.ndarray | None:
+def current_last_layer(push_dir: Path) -> np.ndarray | None:
     """The run's current last-layer weights, when its prototypes are still those of this push.
 
     The weights in prototypes.json are from the moment of the push; the last layer is usually
     fine-tuned afterwards, and the reviewer should see the weights the model votes with now.
     """
-    from safetensors.numpy import load_file
+    from protocli.runfiles import ENCODER_KEYS, current_weights
 
+    run_dir = push_dir.parent.parent
     try:
-        current = load_file(str(push_dir.parent.parent / "model.safetensors"))
-    except Exception:  # no run around this push folder (tests), or unreadable: fall back to the push
+        manifest = read_manifest(run_dir, full=False)
+    except BadInput:  # a push folder outside a run (tests): the push's own weights
         return None
-    same = current.get("prototypes") is not None and current["prototypes"].shape == pushed.shape
-    if same and np.array_equal(current["prototypes"], pushed):
-        return current.get("last_layer.weight")
-    return None
+    current = read_tensors(current_weights(run_dir, manifest), (*ENCODER_KEYS, "last_layer."),
+                           what="current weights of the run")
+    return current.get("last_layer.weight") if push_is_current(current, push_dir) else None
 
 
 def read_push(push_dir: Path) -> tuple[dict, list[Proto], np.ndarray]:
     """prototypes.json and model.safetensors of one push -> (meta, prototypes, vectors (P, D))."""
-    from safetensors.numpy import load_file
+    from protocli.runfiles import read_push as read_checked
 
-    path = push_dir / "prototypes.json"
-    meta = read_json(path, "prototypes file")
-    if not isinstance(meta, dict) or not isinstance(meta.get("prototypes"), list):
-        raise BadInput("expected an object with a 'prototypes' list", path)
-    meta.setdefault("push", push_dir.name)
-    weights_path = push_dir / "model.safetensors"
-    try:
-        tensors = load_file(str(weights_path))
-    except FileNotFoundError:
-        raise BadInput("weights of the push not found", weights_path) from None
-    except Exception as e:  # safetensors raises its own error types on a corrupt header
-        raise BadInput(f"cannot read weights: {e}", weights_path) from None
-    if "prototypes" not in tensors:
-        raise BadInput("no 'prototypes' tensor", weights_path)
-    vectors = tensors["prototypes"].astype(np.float32).reshape(len(tensors["prototypes"]), -1)
-    last = current_last_layer(push_dir, tensors["prototypes"])
-    classes = meta.get("classes") or []
-    protos = []
-    for i, p in enumerate(meta["prototypes"]):
-        try:
-            j, c = int(p["prototype"]), int(p["class"])
-            if j != i or j >= len(vectors):
-                raise ValueError(f"prototype {j} out of order or beyond the {len(vectors)} vectors")
-            weight = float(last[c, j]) if last is not None else p.get("weight")
-            name = p.get("class_name") or (classes[c] if c < len(classes) else str(c))
-            protos.append(Proto(j, c, name, str(p["image"]), tuple(p["cell"]), tuple(int(v) for v in p["box"]),
-                                float(p.get("projection_distance", p.get("distance", float("nan")))),
-                                float(weight or 0.0),
-                                p.get("duplicate_of"), tuple(p.get("nearest") or ())))
-        except (KeyError, TypeError, ValueError, IndexError) as e:
-            raise BadInput(f"prototypes[{i}] is malformed ({e})", path) from None
-    if len(protos) != len(vectors):
-        raise BadInput(f"{len(protos)} prototypes but {len(vectors)} vectors in model.safetensors", path)
+    meta, vectors = read_checked(push_dir)
+    last = current_last_layer(push_dir)
+    if last is not None and last.shape != (len(meta["classes"]), len(vectors)):
+        last = None
+    protos = [Proto(p["prototype"], p["class"], p["class_name"] or meta["classes"][p["class"]], p["image"],
+                    tuple(p["cell"]), tuple(p["box"]), float("nan") if p["projection_distance"] is None else p["projection_distance"],
+                    float(last[p["class"], j]) if last is not None else float(p["weight"]),
+                    p["duplicate_of"], tuple(p["nearest"]))
+              for j, p in enumerate(meta["prototypes"])]
     return meta, protos, vectors
 
 
@@ -109,7 +80,7 @@ class ReviewState:
     """Cursor over an ordered, filterable list of prototypes; decisions go to disk at once."""
 
     def __init__(self, push_dir: Path, antitypes_path: Path, antitypes: at.Antitypes | None = None,
-                 known_pushes: list[str] | None = None, read_only: bool = False):
+                 known_pushes: list[str] | None = None, read_only: bool = False, busy: str | None = None):
         self.push_dir = Path(push_dir)
         self.antitypes_path = Path(antitypes_path)
         self.meta, self.protos, self.vectors = read_push(self.push_dir)
@@ -117,7 +88,8 @@ class ReviewState:
         if antitypes is None:
             antitypes = at.load(self.antitypes_path, len(self.protos), self.vectors.shape[1], known_pushes)
         self.antitypes = antitypes
-        self.read_only = read_only
+        self.busy = busy  # another process holds the run lock: nothing is saved
+        self.read_only = read_only or busy is not None
         self.sort = "id"
         self.filter_class: int | None = None
         self.order: list[int] = list(range(len(self.protos)))
@@ -284,7 +256,9 @@ class ReviewState:
         return False
 
     def _writable(self) -> bool:
-        if self.read_only:
+        if self.busy:
+            self.message = self.busy
+        elif self.read_only:
             self.message = f"read-only: {self.push} is earlier than the current push {self.antitypes.push}"
         return not self.read_only
 
@@ -310,12 +284,13 @@ class ReviewState:
         return True
 
 
-def open_state(run_dir: Path, push: str | None = None) -> ReviewState:
+def open_state(run_dir: Path, push: str | None = None, busy: str | None = None) -> ReviewState:
     """Run folder -> state on its latest push (or `push`), after carrying decisions over.
 
     Decisions of the antitypes file's current push carry over to a newer push where a prototype
     still sits on the same patch; the file is then saved with the new push as current. A push
-    older than the file's current push opens read-only.
+    older than the file's current push opens read-only, and so does every push while another
+    process holds the run lock (`busy`, the message to show): then nothing is saved.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -326,20 +301,19 @@ def open_state(run_dir: Path, push: str | None = None) -> ReviewState:
     target = push or pushes[-1]
     if target not in pushes:
         raise BadInput(f"push {target!r} not found; pushes: {', '.join(pushes)}", run_dir / "stages")
-    state = ReviewState(run_dir / "stages" / target, run_dir / "antitypes.json", known_pushes=pushes)
+    state = ReviewState(run_dir / "stages" / target, run_dir / "antitypes.json", known_pushes=pushes, busy=busy)
     ants = state.antitypes
     if ants.push is not None and at.push_key(ants.push) > at.push_key(target):
         state.read_only = True
         state.message = f"read-only: antitypes.json is already on {ants.push}"
     elif ants.push != target:
         carried = 0
-        old_meta = run_dir / "stages" / ants.push / "prototypes.json" if ants.push else None
-        if old_meta is not None and old_meta.exists():
-            carried = at.carry_over(ants, read_json(old_meta, "prototypes file"), state.meta,
+        if ants.push is not None:
+            carried = at.carry_over(ants, read_push_doc(run_dir / "stages" / ants.push), state.meta,
                                     new_vectors=state.vectors)
         had_decisions = bool(ants.decisions)
         ants.push = target
-        if had_decisions:
+        if had_decisions and busy is None:
             at.save(ants, state.antitypes_path)
         state.message = f"{carried} decisions carried over from the previous push" if carried else ""
     from protocli.suspicion import load
@@ -347,4 +321,6 @@ def open_state(run_dir: Path, push: str | None = None) -> ReviewState:
     doc = load(state.push_dir, len(state.protos))  # scores cached by an earlier review or simulate
     if doc is not None:
         state.set_suspicion(doc)
+    if busy is not None:
+        state.message = busy
     return state
