@@ -111,7 +111,8 @@ def signals(min_d: torch.Tensor, arg: torch.Tensor, y: torch.Tensor, pcls: torch
     key = torch.as_tensor(patch_ids(doc))
     _, inv, counts = torch.unique(key, return_inverse=True, return_counts=True)
     dup = (counts[inv] > 1).float()
-    dist = torch.tensor([float(p.get("distance", 0.0)) for p in protos])
+    # push distance: "projection_distance" (None when no patch was found), "distance" in older pushes
+    dist = torch.tensor([float(p.get("projection_distance", p.get("distance")) or 0.0) for p in protos])
     box = torch.tensor([p["box"] for p in protos], dtype=torch.float32).reshape(-1, 4)
     c = (float(doc.get("img_size", 1)) - 1) / 2
     gap_x = (torch.maximum(box[:, 0] - c, c - (box[:, 2] - 1))).clamp_min(0)

@@ -40,7 +40,7 @@ def _doc(cells, images=None, boxes=None, size=8):
     n = len(cells)
     return {"img_size": size, "grid": [2, 2], "prototypes": [
         {"prototype": j, "class": j % 2, "image": (images or ["a"] * n)[j], "cell": list(cells[j]),
-         "box": (boxes or [[0, 0, 2, 2]] * n)[j], "distance": 0.1 * j} for j in range(n)]}
+         "box": (boxes or [[0, 0, 2, 2]] * n)[j], "projection_distance": 0.1 * j} for j in range(n)]}
 
 
 def test_signals_against_hand_formulas():
@@ -65,7 +65,7 @@ def test_signals_against_hand_formulas():
     assert sig["duplicate"].tolist() == [1.0, 1.0]  # same image, same cell
     c = 3.5  # centre of an 8-px image; box [0, 0, 2, 2) ends at pixel 1: gap 2.5 in x and y
     assert sig["box_gap"][0] == pytest.approx(math.hypot(2.5, 2.5) / c) and sig["box_gap"][1] == 0
-    assert sig["antitype"].tolist() == [0.0, 0.0]
+    assert sig["antitype"].tolist() == [0.0, 0.0] and sig["distance"].tolist() == pytest.approx([0.0, 0.1])
     q = torch.zeros(1, 3)
     v = torch.tensor([[1.0, 0, 0], [0, 2.0, 0]])
     sig = su.signals(min_d, arg, y, pcls, torch.ones(2), (2, 2), doc, v, antitypes=q)
