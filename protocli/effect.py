@@ -114,5 +114,7 @@ def describe(e: dict) -> str:
     def f(v: float) -> str:
         return f"{v:.3f}".lstrip("0")
 
+    if not e["masked"]:
+        return f"test {f(e['accuracy_before'])}, nothing masked"
     text = f"mask {e['masked']}: test {f(e['accuracy_before'])} -> {f(e['accuracy_masked'])} now"
     return text + (f", {f(e['accuracy_refit'])} refit" if e["accuracy_refit"] is not None else "")

@@ -158,6 +158,7 @@ def test_mask_effect_matches_the_model_and_is_fast(tiny_run):
     assert e["seconds"] < 1.0 and 0 < e["refit_steps"] <= eff.steps and e["masked"] == 2
     assert describe(e).startswith("mask 2: test ")
     none = eff([])
+    assert describe(none) == f"test {eff.before:.3f}, nothing masked".replace("0.", ".", 1)
     assert none["accuracy_refit"] == none["accuracy_masked"] == eff.before and none["refit_steps"] == 0
     assert eff([0], cancelled=lambda: True) is None
 

@@ -80,6 +80,7 @@ def review(run_dir: Path, graphics: str = "auto", push: str | None = None, order
                 info("computing suspicion scores (once per push)")
                 state.set_suspicion(ensure(run_dir, state.push_dir, len(state.protos)))
             state.set_sort("suspicion")
+            state.goto(0)  # start at the most suspicious card
             state.message = busy or ""
         renderer = make_renderer(graphics)  # may probe the terminal: must happen before App.run()
         from protocli.review.app import ReviewApp
