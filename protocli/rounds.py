@@ -36,6 +36,7 @@ from protocli.errors import BadInput
 from protocli.files import atomic_write_json
 
 USERS = ("simulated", "tui")
+EFFORT = ("keys", "looked_90", "looked_100")  # the simulated user's review effort (simulate.review_walk)
 
 
 def push_is_current(model, push_dir: Path | None) -> bool:
@@ -63,20 +64,21 @@ def ensure_push(run, model, cub, ztr, ytr, device, box_map: str = "before") -> P
     return run.latest_push()
 
 
-def consult(run, cub, user: str, criterion: str, graphics: str) -> dict:
+def consult(run, cub, user: str, criterion: str, graphics: str, order: str = "id", look_alikes: bool = False) -> dict:
     """Ask the user about the latest push -> {push, non_object, clicks, decisions, antitypes}."""
     from protocli import antitypes as atmod
     from protocli.runfiles import read_push_doc
     from protocli.simulate import carry_candidates, pushed_vectors, simulate
 
     if user == "simulated":
-        r = simulate(run, criterion=criterion, cub=cub)
+        r = simulate(run, criterion=criterion, cub=cub, order=order, look_alikes=look_alikes)
         return {
             "push": r["push"],
             "non_object": r["rejected"],
             "clicks": r["clicks"],
             "decisions": r["decisions"],
             "antitypes": r["antitypes"],
+            **{k: r[k] for k in EFFORT},
         }
     from protocli.review import review
 
@@ -87,7 +89,7 @@ def consult(run, cub, user: str, criterion: str, graphics: str) -> dict:
     before = atmod.load(run.antitypes_path, len(vectors), vectors.shape[1], known)
     _, carried = carry_candidates(before, run, doc)
     already = before.decided(push_dir.name) if before.push == push_dir.name else {}
-    review(run.path, graphics=graphics)  # blocks until the person quits
+    review(run.path, graphics=graphics, order=order)  # blocks until the person quits
     after = atmod.load(run.antitypes_path, len(vectors), vectors.shape[1], known)
     now = after.decided(push_dir.name)
     old = {**carried, **already}
@@ -139,6 +141,7 @@ def _row(
         "overlap_ge_75": counts["overlap_ge_75"],
         "unique": counts["unique"],
         "seconds": round(seconds, 2),
+        **{k: c.get(k) for k in EFFORT},  # None without the simulated user
     }
 
 
@@ -155,9 +158,12 @@ def rounds_run(
     generator: torch.Generator | None = None,
     cfg=None,
     final_last_epochs: int | None = None,
+    order: str = "id",
+    look_alikes: bool = False,
 ) -> dict:
     """Alg. 1 on a run (or on a fork at `out`). `cfg` (a ReviseConfig) sets everything but the epochs.
-    `final_last_epochs`: last-layer epochs of the final mask (None: cfg.last_epochs)."""
+    `final_last_epochs`: last-layer epochs of the final mask (None: cfg.last_epochs).
+    `order` and `look_alikes` go to the user: the TUI's first order, the simulated user's walk."""
     from protocli.cache import run_latents
     from protocli.mask import mask_model
     from protocli.revise import ReviseConfig, antitype_matrix, revise_model
@@ -217,7 +223,7 @@ def rounds_run(
     for r in range(1, n_rounds + 1):
         t0 = time.perf_counter()
         ensure_push(run, model, cub, ztr, ytr, device, cfg.box_map)
-        c = consult(run, cub, user, criterion, graphics)
+        c = consult(run, cub, user, criterion, graphics, order, look_alikes)
         consulted_last = True
         info(
             f"round {r}: {c['non_object']} non-object prototypes on {c['push']} ({c['clicks']} new), "
@@ -257,7 +263,7 @@ def rounds_run(
 
     if final_mask:
         if not consulted_last:
-            c = consult(run, cub, user, criterion, graphics)
+            c = consult(run, cub, user, criterion, graphics, order, look_alikes)
             doc["final_consult"] = c
         from protocli.mask import rejected_on_latest_push
 
@@ -304,6 +310,7 @@ def rounds_run(
         "train_accuracy_start": rows[0]["train_accuracy"],
         "train_accuracy_end": final["train_accuracy"],
         "clicks": sum(x["clicks"] for x in rows) + doc.get("final_consult", {}).get("clicks", 0),
+        "keys": sum(x.get("keys") or 0 for x in rows) + (doc.get("final_consult", {}).get("keys") or 0),
         "antitypes": max((x["antitypes"] or 0) for x in rows),
         "prototypes": model.num_prototypes,
         "seconds": round(time.perf_counter() - t_all, 1),

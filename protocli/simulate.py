@@ -13,6 +13,11 @@ Decisions of an earlier push are first carried over where a prototype still sits
 reject: a person presses a key to reject and leaves the good prototypes alone, which is how the
 paper's "about 350 clicks" (for about 200 + 77 + ... rejects) add up. `decisions` counts every new
 verdict, accepts included.
+
+With `order` (id or suspicion) and `look_alikes`, it also reports what a user following the review
+TUI in that order, with or without its look-alike offers, spends to find the non-object prototypes
+still undecided: `looked_90`, `looked_100` (prototypes looked at) and `keys` (effort.py). The
+decisions saved are the same either way.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from protocli.errors import BadInput
 from protocli.runfiles import read_push_doc
 
 CRITERIA = ("box", "cell")
+ORDERS = ("id", "suspicion")
 
 
 def pushed_vectors(push_dir: Path) -> torch.Tensor:
@@ -93,10 +99,33 @@ def load_antitypes(run, path: Path | None, num_prototypes: int, dim: int) -> tup
     return atmod.load(path, num_prototypes=num_prototypes, dim=dim, known_pushes=run.pushes()), path
 
 
-def simulate(run, criterion: str = "box", antitypes: Path | None = None, cub=None) -> dict:
-    """Decide every prototype of the run's latest push with the simulated user; save antitypes.json."""
+def review_walk(run, push_dir: Path, vectors: torch.Tensor, flags: torch.Tensor, decided: set[int],
+                order: str, look_alikes: bool, cub=None) -> dict:
+    """The review effort of the undecided non-object prototypes in the TUI's `order`, with or without
+    the TUI's look-alike offers (effort.walk); the order and offers come from the push's suspicion.json."""
+    from protocli import suspicion
+    from protocli.effort import walk
+
+    P = len(vectors)
+    sus = None
+    if order == "suspicion" or look_alikes:
+        sus = suspicion.load(push_dir, P) or suspicion.compute(run, push_dir, cub=cub)
+    ids = suspicion.order(sus["score"]) if order == "suspicion" else list(range(P))
+    w = walk(ids, flags.tolist(), sus["look_alikes"] if look_alikes else None, decided=decided)
+    w.pop("rejected_ids")
+    return {"order": order, "look_alikes": look_alikes, **w}
+
+
+def simulate(run, criterion: str = "box", antitypes: Path | None = None, cub=None, order: str = "id",
+             look_alikes: bool = False) -> dict:
+    """Decide every prototype of the run's latest push with the simulated user; save antitypes.json.
+
+    Also reports the review effort of a user who follows the TUI in `order` (id or suspicion),
+    with or without look-alike offers: `looked_90`, `looked_100`, `keys` (see effort.py)."""
     if criterion not in CRITERIA:
         raise BadInput(f"--criterion {criterion}: expected box or cell")
+    if order not in ORDERS:
+        raise BadInput(f"--order {order}: expected id or suspicion")
     push_dir = run.require_push()
     cub = cub if cub is not None else run.cub()
     stats = push_object_stats(run, cub, push_dir)
@@ -118,6 +147,9 @@ def simulate(run, criterion: str = "box", antitypes: Path | None = None, cub=Non
     q_before = len(ants.antitypes)
     flags = stats[criterion]
     current = ants.decided(push)
+    # Carried-over verdicts that still hold need no look; one the masks now disagree with is a new decision.
+    settled = {j for j, v in current.items() if v == ("reject" if bool(flags[j]) else "accept")}
+    effort = review_walk(run, push_dir, vectors, flags, settled, order, look_alikes, cub)
     new_rejects = new_accepts = 0
     # One bookkeeping step per prototype (JSON records); every number above was computed batched.
     for p in doc["prototypes"]:
@@ -155,11 +187,14 @@ def simulate(run, criterion: str = "box", antitypes: Path | None = None, cub=Non
         "antitypes_added": len(ants.antitypes) - q_before,
         "antitypes_file": str(path),
         "rejected_prototypes": rejected,
+        **effort,
     }
 
 
-def simulate_run(run_dir: Path, criterion: str = "box", antitypes: Path | None = None) -> dict:
+def simulate_run(run_dir: Path, criterion: str = "box", antitypes: Path | None = None, order: str = "id",
+                 look_alikes: bool = False) -> dict:
     """Open a run and let the simulated user decide its latest push (see `simulate`)."""
     from protocli.run import Run
 
-    return simulate(Run.open(run_dir), criterion=criterion, antitypes=antitypes)
+    return simulate(Run.open(run_dir), criterion=criterion, antitypes=antitypes, order=order,
+                    look_alikes=look_alikes)

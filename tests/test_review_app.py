@@ -104,7 +104,7 @@ async def test_text_only_and_textual_image_widgets(run):
         st = open_state(run)
         app = ReviewApp(st, renderer)
         async with app.run_test(size=(80, 24)) as pilot:
-            await pilot.press("a", "tab", "r", "tab", "pagedown")
+            await pilot.press("a", "tab", "r", "x", "tab", "pagedown")  # x: no look-alike row
             await app.workers.wait_for_complete()
             await pilot.pause()
             if renderer.kind == "none":
@@ -116,17 +116,86 @@ async def test_text_only_and_textual_image_widgets(run):
         assert len(decided(run)) == 2
 
 
+def write_suspicion(push, scores, look_alikes) -> None:
+    from protocli.suspicion import DEFAULT
+
+    (push / "suspicion.json").write_text(json.dumps({"version": 1, "push": push.name, "score": scores,
+                                                     "signals_used": list(DEFAULT), "look_alikes": look_alikes}))
+
+
 async def test_2000_prototypes_first_screen_and_key_latency(tmp_path):
-    make_push(tmp_path / "run", P=2000, K=200, D=128, k=1)
+    push = make_push(tmp_path / "run", P=2000, K=200, D=128, k=1)
+    write_suspicion(push, [(j * 7919) % 2000 / 2000 for j in range(2000)],
+                    [[(j + 1) % 2000, (j + 2) % 2000] for j in range(2000)])
     st = open_state(tmp_path / "run")
+    st.set_sort("suspicion")  # as `protocli review --order suspicion`
     app = ReviewApp(st, make_renderer("halfcell"))
     app.thumbs.capacity = 60  # small, so paging must evict
     async with app.run_test(size=(120, 40)) as pilot:
-        keys = ["l", "j", "r", "a", "u", "space", "pagedown", "pagedown", "s", "f", "f", "tab", "l", "tab"]
+        keys = ["l", "j", "r", "R", "x", "a", "u", "space", "pagedown", "pagedown", "s", "f", "f", "tab", "l", "tab"]
         await pilot.press(*keys, *["pagedown"] * 6)
         await pilot.pause()
         assert app.first_screen_s is not None and app.first_screen_s < 1.5
         lat = list(app.latencies)
         assert len(lat) >= len(keys) and statistics.median(lat) < 0.15
         assert len(app.thumbs._items) <= app.thumbs.capacity  # memory stays bounded
+        await pilot.press("q")
+
+
+async def test_suspicion_order_and_look_alike_offers(tmp_path):
+    push = make_push(tmp_path / "run", P=30, k=1)
+    scores = [0.0] * 30
+    scores[4], scores[0] = 1.0, 0.9
+    look = [[] for _ in range(30)]
+    look[4], look[5], look[7] = [5, 7], [4, 9], [4]
+    write_suspicion(push, scores, look)
+    st = open_state(tmp_path / "run")
+    assert st.suspicion is not None and st.sort == "id"
+    app = ReviewApp(st, make_renderer("halfcell"))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("s")
+        assert st.sort == "suspicion" and st.order[:2] == [4, 0] and st.order[2:] == [j for j in range(30)
+                                                                                     if j not in (0, 4)]
+        assert st.current.id == 0  # the cursor stays on its card
+        await pilot.press("home", "r")  # #4: its look-alikes #5 and #7 are offered in a row
+        await pilot.pause()
+        assert st.offers.shown == [5, 7] and app.offer.display
+        assert st.offers.room == 7  # 120 columns hold 7 cards: R rejects no card that is not on screen
+        text = "\n".join(screen_lines(app.export_screenshot()))
+        assert "look-alikes of #4: R reject all 2" in text and "#5  w" in text and "#7  w" in text
+        await pilot.press("1")  # reject #5: its look-alike #9 joins the offer
+        assert decided(tmp_path / "run") == {4: "reject", 5: "reject"} and st.offers.shown == [7, 9]
+        await pilot.press("R")
+        await pilot.pause()
+        assert decided(tmp_path / "run") == {4: "reject", 5: "reject", 7: "reject", 9: "reject"}
+        assert st.offers.ids == [] and not app.offer.display
+        await pilot.press("u")  # undo takes back the last reject, one at a time
+        assert 9 not in decided(tmp_path / "run")
+        st.goto(st.order.index(7))
+        await pilot.press("u", "home", "r")  # #7 undecided again; r on #4 (a reject already) offers #7 again
+        assert st.offers.shown == [7]
+        await pilot.press("x")
+        assert st.offers.ids == [] and st.current.id == 0
+        await pilot.press("q")
+
+
+async def test_status_line_shows_the_masking_effect(tiny_run):
+    import asyncio
+
+    st = open_state(tiny_run)
+    app = ReviewApp(st, make_renderer("none"))
+    async with app.run_test(size=(100, 30)) as pilot:
+        for _ in range(200):  # the model and latents load in a worker after the first screen
+            if app.effect is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert app.effect is not None
+        await pilot.press("r")
+        t0 = asyncio.get_running_loop().time()
+        while "mask 1: test" not in app.effect_text and asyncio.get_running_loop().time() - t0 < 5:
+            await pilot.pause(0.02)
+        assert "mask 1: test" in app.effect_text
+        assert asyncio.get_running_loop().time() - t0 < 1.0  # the cost of a reject, within a second
+        text = "\n".join(screen_lines(app.export_screenshot()))
+        assert "mask 1: test" in text
         await pilot.press("q")

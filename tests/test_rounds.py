@@ -18,6 +18,9 @@ from protocli.run import Run
 
 FAST = ReviseConfig(last_epochs=2, batch_size=8)
 ROW_KEYS = {
+    "keys",
+    "looked_90",
+    "looked_100",
     "round",
     "non_object",
     "clicks",
@@ -161,7 +164,7 @@ def test_tui_user_is_consulted_and_clicks_counted(tiny_run, monkeypatch):
 
     calls = []
 
-    def fake_review(run_dir, graphics="auto", push=None):
+    def fake_review(run_dir, graphics="auto", push=None, order="id"):
         """A person who rejects prototype 0 on the first push they see, and nothing afterwards."""
         run = Run.open(run_dir)
         p = run.latest_push()

@@ -41,6 +41,17 @@ class Criterion(str, Enum):
     cell = "cell"
 
 
+class Order(str, Enum):
+    id = "id"
+    suspicion = "suspicion"
+
+
+ORDER_OPT = typer.Option(Order.id, "--order", help="Review order: id, or suspicion (background-like first, "
+                         "scored from the run alone; see docs/review-effort.md).")
+LOOK_ALIKES_OPT = typer.Option(False, "--look-alikes/--no-look-alikes",
+                               help="After a reject, reject the offered look-alikes that are non-object too.")
+
+
 class Graphics(str, Enum):
     auto = "auto"
     kitty = "kitty"

@@ -12,8 +12,10 @@ from protocli.cli.common import (
     DEVICE_OPT,
     DISTINCT_OPT,
     JSON_OPT,
+    LOOK_ALIKES_OPT,
     LR_KEPT_OPT,
     LR_PROTOTYPES_OPT,
+    ORDER_OPT,
     OUT_RUN_OPT,
     PUSH_AVOID_OPT,
     PUSH_MARGIN_OPT,
@@ -23,6 +25,7 @@ from protocli.cli.common import (
     Criterion,
     Distance,
     Graphics,
+    Order,
     Reduce,
     User,
     execute,
@@ -39,16 +42,23 @@ def simulate(
     criterion: Criterion = typer.Option(Criterion.box, help="box: the 95th-percentile box misses the object; "
                                         "cell: the prototype's latent cell holds no object."),
     antitypes: Path | None = ANTITYPES_OPT,
+    order: Order = ORDER_OPT,
+    look_alikes: bool = LOOK_ALIKES_OPT,
     wait: bool = WAIT_OPT,
     as_json: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
 ):
-    """The simulated user: reject prototypes whose patch does not touch the object."""
+    """The simulated user: reject prototypes whose patch does not touch the object.
+
+    It also reports the review effort of a user who follows the review TUI in --order (with
+    --look-alikes: and its look-alike offers): prototypes looked at to find 90% and 100% of the
+    non-object ones (looked_90, looked_100) and reject keys pressed (keys)."""
 
     def go():
         from protocli.simulate import simulate_run
 
-        return simulate_run(run, criterion=criterion.value, antitypes=antitypes)
+        return simulate_run(run, criterion=criterion.value, antitypes=antitypes, order=order.value,
+                            look_alikes=look_alikes)
 
     execute(go, as_json, quiet, kv("simulated review"), lock=run, wait=wait)
 
@@ -58,6 +68,8 @@ def review(
     run: Path = typer.Argument(..., help="Run folder (needs a push)."),
     graphics: Graphics = typer.Option(Graphics.auto, help="Pictures: auto, kitty, sixel, halfcell or none."),
     push_id: str | None = typer.Option(None, "--push", help="Review this push instead of the latest."),
+    order: Order = typer.Option(Order.id, "--order", help="First order of the cards: id, or suspicion "
+                                "(background-like first; `s` in the app switches)."),
     wait: bool = WAIT_OPT,
     as_json: bool = JSON_OPT,
 ):
@@ -66,7 +78,7 @@ def review(
     def go():
         from protocli.review import review as review_app
 
-        return review_app(run, graphics=graphics.value, push=push_id, wait=wait)
+        return review_app(run, graphics=graphics.value, push=push_id, order=order.value, wait=wait)
 
     execute(go, as_json, False, kv("review"))
 
@@ -183,6 +195,8 @@ def rounds(
     refine_reduce: Reduce = REFINE_REDUCE_OPT,
     lr_prototypes: float = LR_PROTOTYPES_OPT,
     lr_kept: float | None = LR_KEPT_OPT,
+    order: Order = ORDER_OPT,
+    look_alikes: bool = LOOK_ALIKES_OPT,
     lr_last: float = LR_LAST_OPT,
     last_epochs: int = LAST_EPOCHS_OPT,
     batch_size: int = BATCH_SIZE_OPT,
@@ -221,7 +235,8 @@ def rounds(
         return rounds_run(run, n_rounds=r["n_rounds"], user=user.value, epochs=cfg.epochs, criterion=r["criterion"],
                           final_mask=r["finally_mask"], final_last_epochs=r["final_last_epochs"],
                           graphics=graphics.value, out=out, device=pick_device(device),
-                          generator=seed_everything(seed), cfg=cfg)
+                          generator=seed_everything(seed), cfg=cfg,
+                          order=order.value, look_alikes=look_alikes)
 
     def show(result):
         from protocli.console import print_table

@@ -33,8 +33,12 @@ def check_terminal() -> None:
             raise BadInput(f"protocli review needs a terminal, but {name} is not a TTY")
 
 
-def review(run_dir: Path, graphics: str = "auto", push: str | None = None, wait: bool = False) -> dict:
+def review(run_dir: Path, graphics: str = "auto", push: str | None = None, order: str = "id",
+           wait: bool = False) -> dict:
     """Open the review app on the run's latest push (or `push`) and block until the user quits.
+
+    `order` "suspicion" shows background-like prototypes first: the scores come from the push's
+    suspicion.json, computed here (torch, the latent cache) when missing.
 
     Decisions of the previous push carry over where a prototype still sits on the same patch.
     The app holds the run lock while it is open, so no other command changes antitypes.json under
@@ -49,6 +53,8 @@ def review(run_dir: Path, graphics: str = "auto", push: str | None = None, wait:
 
     if graphics not in GRAPHICS:
         raise BadInput(f"--graphics is {graphics!r}, expected one of {', '.join(GRAPHICS)}")
+    if order not in ("id", "suspicion"):
+        raise BadInput(f"--order is {order!r}, expected id or suspicion")
     # Check the run before the terminal: a script without a TTY still learns what is wrong with it.
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -66,6 +72,16 @@ def review(run_dir: Path, graphics: str = "auto", push: str | None = None, wait:
         except lock.Busy:
             busy = f"read-only: {run_dir} is in use by {lock.describe(lock.holder(run_dir))}"
         state = open_state(run_dir, push, busy=busy)
+        if order == "suspicion":
+            if state.suspicion is None:
+                from protocli.console import info
+                from protocli.suspicion import ensure
+
+                info("computing suspicion scores (once per push)")
+                state.set_suspicion(ensure(run_dir, state.push_dir, len(state.protos)))
+            state.set_sort("suspicion")
+            state.goto(0)  # start at the most suspicious card
+            state.message = busy or ""
         renderer = make_renderer(graphics)  # may probe the terminal: must happen before App.run()
         from protocli.review.app import ReviewApp
 

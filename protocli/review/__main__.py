@@ -18,9 +18,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run")
     parser.add_argument("--graphics", default="auto", choices=["auto", "kitty", "sixel", "halfcell", "none"])
     parser.add_argument("--push", default=None)
+    parser.add_argument("--order", default="id", choices=["id", "suspicion"])
     args = parser.parse_args(argv)
     try:
-        summary = review(args.run, graphics=args.graphics, push=args.push)
+        summary = review(args.run, graphics=args.graphics, push=args.push, order=args.order)
     except BadInput as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -19,8 +19,10 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.worker import get_current_worker
 
+from protocli.effort import SHOWN
+from protocli.review.background import BackgroundWork
 from protocli.review.detail import Detail
-from protocli.review.gallery import PIC, Gallery
+from protocli.review.gallery import CARD_W, PIC, Gallery, card_height
 from protocli.review.pictures import Renderer, Thumbnails
 from protocli.review.state import ReviewState
 from protocli.review.widgets import HelpScreen, StatusBar, converter
@@ -34,7 +36,7 @@ def short_path(path: Path) -> str:
         return str(path)
 
 
-class ReviewApp(App):
+class ReviewApp(BackgroundWork, App):
     TITLE = "protocli review"
     CSS = """
     Screen { layout: vertical; }
@@ -48,6 +50,7 @@ class ReviewApp(App):
     Detail .near { width: auto; height: auto; margin-right: 1; }
     Detail .nearcap { height: 2; color: $text-muted; }
     StatusBar { height: 2; background: $panel; text-wrap: nowrap; text-overflow: ellipsis; }
+    #offer { display: none; border-top: solid $accent; }
     """
     BINDINGS = [Binding(k, a, show=False, priority=True) for k, a in [
         ("left,h", "move(-1)"), ("right,l", "move(1)"), ("up,k", "move_rows(-1)"),
@@ -56,7 +59,8 @@ class ReviewApp(App):
         ("r", "decide('reject')"), ("a", "decide('accept')"), ("u", "undo"),
         ("space", "next_undecided"), ("f", "filter"), ("F", "next_class"), ("s", "sort"),
         ("tab", "toggle_view"), ("question_mark", "help"), ("q,ctrl+c", "quit"),
-    ]]
+        ("R", "offer_reject"), ("x,escape", "dismiss_offer"),
+    ]] + [Binding(str(n), f"offer_reject({n - 1})", show=False, priority=True) for n in range(1, SHOWN + 1)]
 
     def __init__(self, state: ReviewState, renderer: Renderer, thumbnails: Thumbnails | None = None):
         super().__init__()
@@ -69,12 +73,20 @@ class ReviewApp(App):
         self.latencies: deque[float] = deque(maxlen=256)  # measured: key action -> screen refreshed
         self.gallery = Gallery(renderer, id="gallery")
         self.detail = Detail(renderer, id="detail")
+        self.offer = Gallery(renderer, id="offer")  # the look-alikes offered after a reject: one row
+        self.offer.styles.height = card_height(renderer) + 1
         self.status = StatusBar("", markup=False, id="status")
         self.file_label = short_path(state.antitypes_path)
+        self.run_dir = state.push_dir.parent.parent
+        self.effect = None        # effect.MaskEffect once loaded (worker thread), else None
+        self.effect_text = ""     # what masking the current rejects would do, for the status bar
+        self._effect_for: list[int] | None = None
+        self._suspicion_started = False
 
     def compose(self) -> ComposeResult:
         yield self.gallery
         yield self.detail
+        yield self.offer
         yield self.status
 
     def on_mount(self) -> None:
@@ -93,7 +105,15 @@ class ReviewApp(App):
     def redraw(self, force: bool = False) -> None:
         s = self.state
         filt = "all classes" if s.filter_class is None else f"class {s.class_label(s.filter_class)}"
-        self.status.set(s.counts(), s.push, s.sort, filt, self.file_label, s.message, s.read_only)
+        s.offers.room = max(1, min(SHOWN, (self.size.width or SHOWN * CARD_W) // CARD_W))  # one row of cards
+        shown = s.offers.shown
+        message = s.message
+        if shown:
+            hint = f"look-alikes of #{s.offers.of}: R reject all {len(shown)}  1-{len(shown)} one  x dismiss"
+            message = f"{message} │ {hint}" if message else hint
+        self.status.set(s.counts(), s.push, s.sort, filt, self.file_label, message, s.read_only,
+                        self.effect_text)
+        self.redraw_offer(shown)
         page = 0 if self.in_detail else self.gallery.page_size  # a hidden gallery waits for tab
         if page:
             start = (s.cursor // page) * page
@@ -118,6 +138,25 @@ class ReviewApp(App):
     def _first_screen(self) -> None:
         if self.first_screen_s is None:
             self.first_screen_s = time.perf_counter() - self.started
+            self.start_effect()
+
+    def redraw_offer(self, shown: list[int]) -> None:
+        if bool(shown) != bool(self.offer.display):
+            self.offer.display = bool(shown)  # the gallery gives up a row; its resize redraws
+        if not shown or not self.offer.page_size:
+            return
+        s = self.state
+        ids = []
+        for i in range(self.offer.page_size):
+            proto = s.protos[shown[i]] if i < len(shown) else None
+            new = proto is not self.offer.protos[i]
+            thumb = self.thumbs.cached(("patch", proto.id, 0, *PIC)) if proto and new else None
+            self.offer.bind(i, proto, s.decision(proto.id) if proto else None, False, thumb)
+            if proto is not None and new:
+                ids.append(proto.id)
+        if ids and self.renderer.pictures:
+            self.run_worker(partial(self._load_patches, ids, [], self.offer), thread=True, group="offer",
+                            exclusive=True, exit_on_error=False)
 
     # -- pictures (worker threads; the UI thread only swaps finished thumbnails in) -----------------
     def load_gallery(self) -> None:
@@ -129,7 +168,7 @@ class ReviewApp(App):
         self.run_worker(partial(self._load_patches, ids, ahead), thread=True, group="gallery",
                         exclusive=True, exit_on_error=False)
 
-    def _load_patches(self, ids: list[int], ahead: list[int]) -> None:
+    def _load_patches(self, ids: list[int], ahead: list[int], target: Gallery | None = None) -> None:
         worker = get_current_worker()
         batch, last = [], time.perf_counter()
         for j in ids:
@@ -140,19 +179,19 @@ class ReviewApp(App):
                 batch.append((j, thumb))
             # Hand over in batches: one repaint per ~50 ms instead of one per picture.
             if batch and time.perf_counter() - last > 0.05:
-                if not self._deliver(self._show_patches, batch):
+                if not self._deliver(self._show_patches, batch, target):
                     return
                 batch, last = [], time.perf_counter()
-        if batch and not self._deliver(self._show_patches, batch):
+        if batch and not self._deliver(self._show_patches, batch, target):
             return
         for j in ahead:  # warm the cache for the next page: paging then feels instant
             if worker.is_cancelled:
                 return
             self.thumbs.get("patch", j, *PIC)
 
-    def _show_patches(self, batch: list[tuple[int, object]]) -> None:
+    def _show_patches(self, batch: list[tuple[int, object]], target: Gallery | None = None) -> None:
         for j, thumb in batch:
-            self.gallery.show_picture(j, thumb)
+            (target or self.gallery).show_picture(j, thumb)
 
     def load_detail(self) -> None:
         wanted = self.detail.wanted()
@@ -186,6 +225,10 @@ class ReviewApp(App):
         self.state.message = ""
         fn(*args)
         self.redraw()
+        self.update_effect()
+        if self.state.want_suspicion and not self._suspicion_started:
+            self._suspicion_started = True  # computed once; the state switches the order when it arrives
+            self.start_suspicion()
         self.call_after_refresh(lambda: self.latencies.append(time.perf_counter() - t0))
 
     def action_move(self, delta: int) -> None:
@@ -215,6 +258,12 @@ class ReviewApp(App):
 
     def action_sort(self) -> None:
         self._act(self.state.cycle_sort)
+
+    def action_offer_reject(self, index: int | None = None) -> None:
+        self._act(self.state.offers.reject, index)
+
+    def action_dismiss_offer(self) -> None:
+        self._act(self.state.offers.dismiss)
 
     def action_toggle_view(self) -> None:
         t0 = time.perf_counter()

@@ -17,9 +17,10 @@ import numpy as np
 
 from protocli import antitypes as at
 from protocli.errors import BadInput
+from protocli.review.offers import Offers
 from protocli.runfiles import push_is_current, read_manifest, read_push_doc, read_tensors, stage_ids
 
-SORTS = ("id", "class", "weight", "undecided")
+SORTS = ("id", "suspicion", "class", "weight", "undecided")
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,9 @@ class ReviewState:
         self.cursor = 0
         self.history: list[tuple[int, dict | None]] = []  # undo stack: (prototype, decision it replaced)
         self.message = ""
+        self.suspicion: dict | None = None  # the push's suspicion.json (scores, look-alikes), when known
+        self.want_suspicion = False  # asked for the suspicion order before the scores were there
+        self.offers = Offers(self)  # look-alikes offered after a reject (offers.py)
 
     # -- reading -----------------------------------------------------------------------------------
     @property
@@ -134,8 +138,11 @@ class ReviewState:
 
     def _reorder(self, keep: int | None) -> None:
         ids = [p.id for p in self.protos if self.filter_class is None or p.cls == self.filter_class]
+        if self.sort == "suspicion" and self.suspicion is None:
+            self.sort = "id"
         key = {
             "id": lambda j: j,
+            "suspicion": lambda j: (-self.suspicion["score"][j], j),
             "class": lambda j: (self.protos[j].cls, j),
             "weight": lambda j: (-self.protos[j].weight, j),
             # Fixed when sorting: cards do not jump away while one decides.
@@ -146,9 +153,42 @@ class ReviewState:
 
     def cycle_sort(self) -> str:
         self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]
+        if self.sort == "suspicion" and self.suspicion is None:
+            self.want_suspicion = True  # the app computes the scores; until then, the next sort
+            self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]
+            self._reorder(self.current.id if self.current else None)
+            self.message = f"sorted by {self.sort}; suspicion scores are being computed"
+            return self.sort
+        self.set_sort(self.sort)
+        return self.sort
+
+    def set_sort(self, sort: str) -> None:
+        if sort not in SORTS:
+            raise ValueError(f"sort must be one of {SORTS}")
+        self.sort = sort
         self._reorder(self.current.id if self.current else None)
         self.message = f"sorted by {self.sort}"
-        return self.sort
+
+    def set_suspicion(self, doc: dict) -> None:
+        """Scores and look-alikes of this push (suspicion.json); the order switches when it was asked for."""
+        if len(doc.get("score", ())) != len(self.protos):
+            raise ValueError("suspicion scores do not fit this push")
+        self.suspicion = doc
+        self.offers.set_look_alikes(doc.get("look_alikes"))
+        if self.want_suspicion:
+            self.want_suspicion = False
+            self.set_sort("suspicion")
+
+    def reject_id(self, j: int) -> bool:
+        """Reject prototype j (not the cursor's) as the user, with undo; False when the write failed."""
+        previous = self.decision(j)
+        if not self._apply(j, {"verdict": "reject", "by": "user", "at": None}):
+            return False
+        self.history.append((j, previous))
+        return True
+
+    def rejected_ids(self) -> list[int]:
+        return self.antitypes.rejected(self.push)
 
     def set_filter(self, cls: int | None) -> None:
         keep = self.current.id if self.current else None
@@ -185,6 +225,10 @@ class ReviewState:
             return False
         self.history.append((p.id, previous))
         self.message = f"#{p.id} {verdict}ed"
+        if verdict == "reject":
+            self.offers.start(p.id)
+        else:
+            self.offers.dismiss()
         self.move(1)
         return True
 
@@ -192,6 +236,7 @@ class ReviewState:
         """Undo this session's last decision (restoring what it replaced), else clear the current one."""
         if not self._writable():
             return False
+        self.offers.dismiss()
         if self.history:
             j, previous = self.history[-1]
             if not self._apply(j, previous):
@@ -271,6 +316,11 @@ def open_state(run_dir: Path, push: str | None = None, busy: str | None = None) 
         if had_decisions and busy is None:
             at.save(ants, state.antitypes_path)
         state.message = f"{carried} decisions carried over from the previous push" if carried else ""
+    from protocli.suspicion import load
+
+    doc = load(state.push_dir, len(state.protos))  # scores cached by an earlier review or simulate
+    if doc is not None:
+        state.set_suspicion(doc)
     if busy is not None:
         state.message = busy
     return state

@@ -92,7 +92,7 @@ def make_picture(renderer: Renderer, cols: int, rows: int, **kw) -> Widget:
 
 class StatusBar(Static):
     def set(self, counts: dict, push: str, sort: str, filt: str, path: str, message: str,
-            read_only: bool) -> None:
+            read_only: bool, effect: str = "") -> None:
         c = counts
         line1 = (f"reviewed {c['reviewed']}/{c['total']}  rejected {c['rejected']}  accepted {c['accepted']}"
                  f"  │ {push}{' read-only' if read_only else ''}  │ → ")
@@ -100,7 +100,7 @@ class StatusBar(Static):
         if len(path) > room:  # keep the file's own name visible: cut the path from the left
             path = "…" + path[len(path) - max(1, room - 1):]
         line1 += path
-        line2 = f"sort {sort} │ {filt} │ " + (message or "? help  r reject  a accept  u undo  space next  "
+        line2 = f"sort {sort} │ {filt} │ " + (f"{effect} │ " if effect else "") + (message or "? help  r reject  a accept  u undo  space next  "
                                                   "f filter  s sort  tab detail  q quit")
         self.update(line1 + "\n" + line2, layout=False)
 
@@ -115,11 +115,18 @@ HELP = """\
  space               next undecided prototype
  f                   filter to this prototype's class / show all classes
  F                   filter to the next class
- s                   sort: id, class, weight, undecided first
+ s                   sort: id, suspicion (background-like first), class, weight,
+                     undecided first
+ after a reject      its look-alikes are offered in a row below the gallery:
+   R                 reject every look-alike shown
+   1-8               reject the n-th look-alike shown
+   x, esc            dismiss the offer
  tab                 gallery <-> detail (full image, heatmap, nearest patches)
  ?                   this help
  q, ctrl+c           quit (every decision is already saved)
 
+ The status line shows what masking the rejected prototypes would do to test
+ accuracy (now, and after a short last-layer refit).
  Each decision is written to antitypes.json at once.  Press any key to close."""
 
 

@@ -1,0 +1,42 @@
+"""The masking effect of the review TUI at CUB scale, timing only: 5994 training and 5794 test images,
+2000 prototypes, 200 classes, random similarities (no run needed).
+
+Usage: OMP_NUM_THREADS=1 python bench/effect_scale.py
+Prints the time of one refit step, the step count that fits the 0.6 s budget, and the seconds one
+effect takes for 10, 200 and 350 rejected prototypes.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from protocli.effect import MaskEffect  # noqa: E402
+
+
+def main() -> None:
+    n_tr, n_te, P, K = 5994, 5794, 2000, 200
+    g = torch.Generator().manual_seed(0)
+    e = MaskEffect.__new__(MaskEffect)  # the fields __init__ would fill from a run
+    e.sim_tr, e.sim_te = torch.rand(n_tr, P, generator=g), torch.rand(n_te, P, generator=g)
+    e.y_tr, e.y_te = torch.randint(0, K, (n_tr,), generator=g), torch.randint(0, K, (n_te,), generator=g)
+    e.mask, e.weight = torch.ones(P), torch.randn(K, P, generator=g) * 0.01
+    identity = torch.zeros(P, K)
+    identity[torch.arange(P), torch.arange(P) // (P // K)] = 1
+    e.wrong, e.l1, e.budget_s, e.lr = 1 - identity.T, 1e-4, 0.6, 1e-3
+    e.logits_te = (e.sim_te * e.mask) @ e.weight.T
+    e.before = e._accuracy_of(e.logits_te)
+    step = e._time_step()
+    e.steps = max(1, min(60, int(e.budget_s / step)))
+    print(f"torch threads {torch.get_num_threads()}: one refit step {step:.3f} s -> {e.steps} steps")
+    for n in (10, 200, 350):
+        r = e(list(range(n)))
+        print(f"{n} rejected: {r['seconds']} s, {r['refit_steps']} refit steps")
+
+
+if __name__ == "__main__":
+    main()

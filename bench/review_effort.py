@@ -1,0 +1,219 @@
+"""Review effort with the simulated user: id vs suspicion order, with and without look-alike offers.
+
+Usage (what docs/review-effort.md reports):
+
+    OMP_NUM_THREADS=1 python bench/review_effort.py --out /tmp/effort [--seeds 0 1 2] [--rounds 3]
+
+For every data family (birds: the demo's data; flowers: the second family) and seed: make the data
+(`protocli data synth --family F --seed S`) and train a tiny baseline (`protocli train --backbone
+tiny --seed S`) unless OUT/F-S/run exists. Then, on copies of the run:
+- first push: `simulate --order id|suspicion [--look-alikes]` (the same `simulate` function) ->
+  non-object prototypes to find, prototypes looked at to find 90% / 100% of them, reject keys;
+- the masking effect the review TUI shows (effect.MaskEffect, short refit) against `protocli mask`
+  (20 last-layer epochs) on the simulated user's rejects, and the time one effect takes;
+- rounds: `rounds --rounds N` twice, once with `--order id` and once with `--order suspicion
+  --look-alikes` -> per round looked_90/100, and keys to reach zero (one key per non-object
+  prototype, the `clicks`, against the keys with look-alike offers).
+Prints a markdown table per part and writes OUT/review_effort.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+FAMILIES = ("birds", "flowers")
+VARIANTS = [("id", False), ("id", True), ("suspicion", False), ("suspicion", True)]
+
+
+def cli(*args: str) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    subprocess.run([sys.executable, "-m", "protocli", *args, "-q"], check=True, env=env,
+                   cwd=Path(__file__).resolve().parents[1])
+
+
+def baseline(out: Path, family: str, seed: int) -> Path:
+    data, run = out / f"{family}-{seed}" / "data", out / f"{family}-{seed}" / "run"
+    if not (data / "synth.json").exists():
+        cli("data", "synth", str(data), "--family", family, "--seed", str(seed))
+    if not (run / "model.safetensors").exists():
+        shutil.rmtree(run, ignore_errors=True)
+        cli("train", str(data), "--run", str(run), "--backbone", "tiny", "--seed", str(seed), "--workers", "0")
+    return run
+
+
+def fresh_copy(run: Path, dst: Path) -> Path:
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(run, dst, ignore=shutil.ignore_patterns("antitypes.json", "rounds.json"))
+    return dst
+
+
+def first_push(run: Path, work: Path, criterion: str) -> dict:
+    from protocli.simulate import simulate_run
+
+    rows = {}
+    for order, la in VARIANTS:
+        r = simulate_run(fresh_copy(run, work), criterion=criterion, order=order, look_alikes=la)
+        rows[f"{order}{'+la' if la else ''}"] = {k: r[k] for k in (
+            "prototypes", "non_object_to_find", "looked_90", "looked_100", "keys", "one_key_each")}
+    return rows
+
+
+def effect_check(run: Path, work: Path, criterion: str) -> dict:
+    import torch
+
+    from protocli.effect import MaskEffect
+    from protocli.mask import mask_run
+    from protocli.simulate import simulate_run
+
+    w = fresh_copy(run, work)
+    rejected = simulate_run(w, criterion=criterion)["rejected_prototypes"]
+    t0 = time.perf_counter()
+    eff = MaskEffect(w)
+    load_s = time.perf_counter() - t0
+    e = eff(rejected)
+    m = mask_run(w, generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
+    return {"masked": len(rejected), "before": e["accuracy_before"], "masked_now": e["accuracy_masked"],
+            "refit": e["accuracy_refit"], "mask_20_epochs": m["accuracy_after"], "effect_s": e["seconds"],
+            "load_s": round(load_s, 2)}
+
+
+def signal_table(run: Path, criterion: str, combos: list[tuple[str, ...]]) -> dict:
+    """Share of all prototypes looked at to find 90% of the non-object ones, per signal combination."""
+    import torch
+
+    from protocli import suspicion as su
+    from protocli.cache import latents
+    from protocli.effort import walk
+    from protocli.run import Run
+    from protocli.simulate import push_object_stats, pushed_vectors
+
+    r = Run.open(run)
+    cub, push = r.cub(), r.require_push()
+    st = push_object_stats(r, cub, push)
+    doc, v = st["doc"], pushed_vectors(push)
+    z, y = latents(r.load_model("cpu"), cub, "train", crop=r.crop, cache_dir=r.cache_dir, device=torch.device("cpu"))
+    md, arg = su.grid_min(z, v)
+    pcls = torch.tensor([p["class"] for p in doc["prototypes"]])
+    sig = su.signals(md, arg, y.long(), pcls, su.current_weight(r, push, v, pcls), tuple(doc["grid"]), doc, v)
+    out = {}
+    for combo in combos:
+        order = list(range(len(v))) if combo == ("id",) else su.order(su.score(sig, combo))
+        w = walk(order, st[criterion].tolist())
+        out["+".join(combo)] = None if w["looked_90"] is None else round(w["looked_90"] / len(v), 3)
+    return out
+
+
+def rounds(run: Path, work: Path, n: int, criterion: str, order: str, la: bool) -> dict:
+    import torch
+
+    from protocli.rounds import rounds_run
+
+    doc = rounds_run(fresh_copy(run, work), n_rounds=n, criterion=criterion, order=order, look_alikes=la,
+                     generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
+    rows = [r for r in doc["rounds"][1:]]
+    return {"per_round": [{k: r.get(k) for k in ("round", "non_object", "clicks", "keys", "looked_90",
+                                                  "looked_100")} for r in rows],
+            "clicks": doc["summary"]["clicks"], "keys": doc["summary"]["keys"],
+            "non_object_end": doc["summary"]["non_object_end"], "status": doc["status"]}
+
+
+def fmt(v) -> str:
+    return "-" if v is None else str(v)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--families", nargs="+", default=list(FAMILIES))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--criterion", default="box")
+    ap.add_argument("--no-rounds", action="store_true")
+    ap.add_argument("--signals", action="store_true",
+                    help="Only the table that chose the default score: looked_90 per signal combination.")
+    a = ap.parse_args(argv)
+    a.out.mkdir(parents=True, exist_ok=True)
+    if a.signals:
+        return signals_main(a)
+    result = {"criterion": a.criterion, "runs": {}}
+    for fam in a.families:
+        for seed in a.seeds:
+            run = baseline(a.out, fam, seed)
+            work = a.out / f"{fam}-{seed}" / "work"
+            r = {"first_push": first_push(run, work, a.criterion), "effect": effect_check(run, work, a.criterion)}
+            if not a.no_rounds:
+                r["rounds_id"] = rounds(run, work, a.rounds, a.criterion, "id", False)
+                r["rounds_suspicion_la"] = rounds(run, work, a.rounds, a.criterion, "suspicion", True)
+            result["runs"][f"{fam}-{seed}"] = r
+            (a.out / "review_effort.json").write_text(json.dumps(result, indent=1))
+            print(f"{fam}-{seed} done", file=sys.stderr)
+    runs = result["runs"]
+    print(f"\nFirst push, {a.criterion} criterion: looked at for 90% / 100% of the non-object prototypes; keys\n")
+    print("| run | P | non-object | id 90%/100% | suspicion 90%/100% | keys id | keys +look-alikes (id / susp.) |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in runs.items():
+        f = r["first_push"]
+        i, s = f["id"], f["suspicion"]
+        print(f"| {name} | {i['prototypes']} | {i['non_object_to_find']} | {fmt(i['looked_90'])}/{fmt(i['looked_100'])}"
+              f" | {fmt(s['looked_90'])}/{fmt(s['looked_100'])} | {i['keys']} | {f['id+la']['keys']} / "
+              f"{f['suspicion+la']['keys']} |")
+    print("\nMasking effect in the status line (short refit) vs `protocli mask` (20 epochs), test accuracy\n")
+    print("| run | masked | before | masked, no refit | short refit | mask 20 epochs | effect s | load s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, r in runs.items():
+        e = r["effect"]
+        print(f"| {name} | {e['masked']} | {e['before']:.3f} | {e['masked_now']:.3f} | {e['refit']:.3f} | "
+              f"{e['mask_20_epochs']:.3f} | {e['effect_s']} | {e['load_s']} |")
+    if not a.no_rounds:
+        print(f"\nRounds ({a.rounds}): per round looked_90 id -> suspicion; clicks (one key each) vs keys with "
+              "look-alikes, summed\n")
+        print("| run | non-object per round | looked_90 id | looked_90 susp. | looked_100 id | looked_100 susp. "
+              "| clicks | keys +look-alikes | non-object at end |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for name, r in runs.items():
+            ri, rs = r["rounds_id"], r["rounds_suspicion_la"]
+
+            def col(rr, k):
+                return " ".join(fmt(x.get(k)) for x in rr["per_round"])
+            print(f"| {name} | {col(ri, 'non_object')} | {col(ri, 'looked_90')} | {col(rs, 'looked_90')} | "
+                  f"{col(ri, 'looked_100')} | {col(rs, 'looked_100')} | {ri['clicks']} | {rs['keys']} | "
+                  f"{fmt(rs['non_object_end'])} |")
+    return 0
+
+
+def signals_main(a) -> int:
+    import itertools
+    import statistics
+
+    from protocli import suspicion as su
+
+    names = [n for n in su.SIGNALS if n != "antitype"]  # no antitypes before the first review
+    combos = [("id",)] + [(n,) for n in names] + list(itertools.combinations(names, 2))
+    table = {f"{fam}-{seed}": signal_table(baseline(a.out, fam, seed), a.criterion, combos)
+             for fam in a.families for seed in a.seeds}
+    (a.out / "signals.json").write_text(json.dumps(table, indent=1))
+    runs = list(table)
+    rows = []
+    for c in table[runs[0]]:
+        vals = [table[r][c] for r in runs if table[r][c] is not None]
+        rows.append((statistics.mean(vals) if vals else 1.0, c))
+    rows.sort()
+    print(f"\nShare of prototypes looked at to find 90% of the non-object ones ({a.criterion}), first push\n")
+    print("| order | mean | " + " | ".join(runs) + " |")
+    print("|---|---|" + "---|" * len(runs))
+    for m, c in rows[:12] + [r for r in rows[12:] if r[1] == "id" or "+" not in r[1]]:
+        print(f"| {c} | {m:.2f} | " + " | ".join(fmt(table[r][c]) for r in runs) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

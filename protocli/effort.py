@@ -1,0 +1,77 @@
+"""Review effort: an order, look-alike offers and the true non-object flags -> what a reviewer spends.
+
+The simulated reviewer does what a person in the review TUI does, with the masks to decide:
+it walks the prototypes in the TUI's order (`space` skips those already decided), looks at each,
+and presses `r` on a non-object one. With look-alikes on, the TUI then offers that prototype's
+look-alikes (`suspicion.look_alikes`), at most `SHOWN` cards at a time: when every card shown is
+non-object it presses `R` (reject all, one key), otherwise one digit key per non-object card.
+Every reject inside an offer brings the rejected card's own look-alikes into the offer (those not
+shown before in this chain and undecided). When no shown card is non-object it walks on: moving
+costs no key here, in either mode, as clicks in the paper count rejects only.
+
+Outputs: the rejected ids and, per run, `looked_90` / `looked_100` (distinct prototypes seen
+when 90% / all of the non-object ones still undecided at the start had been rejected; None when
+there were none), `keys` (reject keys pressed) and `one_key_each` (the keys without offers: one per
+non-object prototype).
+"""
+
+from __future__ import annotations
+
+import math
+
+SHOWN = 8  # cards an offer shows at once (one row)
+
+
+def walk(order: list[int], non_object, look_alikes: list[list[int]] | None = None,
+         decided: set[int] | frozenset = frozenset(), shown: int = SHOWN) -> dict:
+    """Simulate the reviewer on `order`; `non_object[j]` is the truth, `decided` the carried-over ids."""
+    flags = [bool(f) for f in non_object]
+    targets = [j for j in order if flags[j] and j not in decided]
+    n = len(targets)
+    need90 = math.ceil(0.9 * n)
+    rejected: set[int] = set()
+    seen: set[int] = set()
+    keys = 0
+    looked = {"looked_90": None, "looked_100": None}
+
+    def note() -> None:
+        found = len(rejected)
+        if looked["looked_90"] is None and n and found >= need90:
+            looked["looked_90"] = len(seen)
+        if looked["looked_100"] is None and n and found >= n:
+            looked["looked_100"] = len(seen)
+
+    def fresh(ids: list[int], chain: set[int]) -> list[int]:
+        out = []
+        for i in ids:
+            for o in look_alikes[i]:
+                if o not in chain and o not in decided and o not in rejected:
+                    chain.add(o)
+                    out.append(o)
+        return out
+
+    for j in order:
+        if j in decided or j in rejected:
+            continue
+        seen.add(j)
+        if not flags[j]:
+            continue
+        keys += 1
+        rejected.add(j)
+        note()
+        if look_alikes is None:
+            continue
+        chain = {j}
+        offer = fresh([j], chain)
+        while offer:
+            cards = offer[:shown]
+            seen.update(cards)
+            bad = [o for o in cards if flags[o]]
+            if not bad:
+                break
+            keys += 1 if len(bad) == len(cards) else len(bad)
+            rejected.update(bad)
+            note()
+            offer = [o for o in offer if o not in rejected] + fresh(bad, chain)
+    return {"non_object_to_find": n, **looked, "keys": keys, "one_key_each": n,
+            "looked_total": len(seen), "rejected_ids": sorted(rejected)}

@@ -1,0 +1,173 @@
+"""Suspicion signals, look-alikes, the simulated reviewer's walk and the masking effect: each against
+a brute-force formula on small tensors, and end to end on the tiny run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from protocli import suspicion as su
+from protocli.cli import app
+from protocli.effort import walk
+
+
+def test_percentile_rank_matches_a_loop_with_ties():
+    x = torch.tensor([3.0, 1.0, 3.0, 2.0, 5.0, 1.0])
+    got = su.percentile_rank(x)
+    n = len(x)
+    for i in range(n):
+        below = sum(float(v) < float(x[i]) for v in x)
+        equal = sum(float(v) == float(x[i]) for v in x)
+        assert got[i] == pytest.approx((below + (equal - 1) / 2) / (n - 1))
+
+
+def test_grid_min_matches_brute_force():
+    g = torch.Generator().manual_seed(0)
+    z, p = torch.rand(5, 3, 2, 4, generator=g), torch.rand(6, 3, generator=g)
+    md, arg = su.grid_min(z, p, batch_size=2)
+    for n in range(5):
+        for j in range(6):
+            d = [float(((z[n, :, h, w] - p[j]) ** 2).sum()) for h in range(2) for w in range(4)]
+            assert md[n, j] == pytest.approx(min(d), abs=1e-5) and int(arg[n, j]) == int(np.argmin(d))
+
+
+def _doc(cells, images=None, boxes=None, size=8):
+    n = len(cells)
+    return {"img_size": size, "grid": [2, 2], "prototypes": [
+        {"prototype": j, "class": j % 2, "image": (images or ["a"] * n)[j], "cell": list(cells[j]),
+         "box": (boxes or [[0, 0, 2, 2]] * n)[j], "projection_distance": 0.1 * j} for j in range(n)]}
+
+
+def test_signals_against_hand_formulas():
+    # 4 images (classes 0, 0, 1, 1), 2 prototypes (classes 0, 1), a 2x2 grid
+    min_d = torch.tensor([[0.0, 1.0], [0.5, 2.0], [3.0, 0.5], [3.0, 3.0]])
+    arg = torch.tensor([[0, 3], [0, 3], [3, 3], [3, 3]])
+    y, pcls = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1])
+    doc = _doc([(0, 0), (0, 0)], images=["a", "a"], boxes=[[0, 0, 2, 2], [2, 2, 6, 6]], size=8)
+    sig = su.signals(min_d, arg, y, pcls, torch.tensor([1.0, 0.5]), (2, 2), doc, torch.rand(2, 3), k=2)
+    from protocli.model import log_similarity
+
+    s = log_similarity(min_d)
+    for j in range(2):
+        per = [float(s[y == c, j].mean()) for c in (0, 1)]
+        p = [v / sum(per) for v in per]
+        assert sig["evenness"][j] == pytest.approx(-sum(q * math.log(q) for q in p) / math.log(2), abs=1e-5)
+    assert sig["evenness"][1] > sig["evenness"][0]  # #1 fires on both classes, #0 on its own
+    assert sig["other"].tolist() == [0.0, 0.5]  # nearest 2 images: 0, 1 (class 0) for #0; 2, 0 for #1
+    # both fire at a grid corner of a 2x2 grid: |0.5| / 1 in each direction -> sqrt(.5) / sqrt(2) = .5
+    assert sig["border"].tolist() == pytest.approx([0.5, 0.5])
+    assert sig["weight"].tolist() == [-1.0, -0.5] and sig["strong"].tolist() == [1.0, 0.5]
+    assert sig["duplicate"].tolist() == [1.0, 1.0]  # same image, same cell
+    c = 3.5  # centre of an 8-px image; box [0, 0, 2, 2) ends at pixel 1: gap 2.5 in x and y
+    assert sig["box_gap"][0] == pytest.approx(math.hypot(2.5, 2.5) / c) and sig["box_gap"][1] == 0
+    assert sig["antitype"].tolist() == [0.0, 0.0] and sig["distance"].tolist() == pytest.approx([0.0, 0.1])
+    q = torch.zeros(1, 3)
+    v = torch.tensor([[1.0, 0, 0], [0, 2.0, 0]])
+    sig = su.signals(min_d, arg, y, pcls, torch.ones(2), (2, 2), doc, v, antitypes=q)
+    assert sig["antitype"].tolist() == pytest.approx([-1.0, -4.0])
+
+
+def test_score_and_order():
+    sig = {"border": torch.tensor([0.1, 0.9, 0.5]), "box_gap": torch.tensor([0.0, 1.0, 2.0])}
+    s = su.score(sig, ("border", "box_gap"))
+    assert s.tolist() == pytest.approx([0.0, 0.75, 0.75])
+    assert su.order(s) == [1, 2, 0]  # equal scores keep id order
+    with pytest.raises(Exception, match="unknown suspicion signal"):
+        su.score(sig, ("nope",))
+
+
+def test_look_alikes_same_patch_first_then_nearest_within_radius():
+    v = np.array([[0, 0], [0.1, 0], [5, 5], [5.2, 5], [9, 0]], dtype=np.float32)
+    doc = _doc([(0, 0), (0, 1), (1, 1), (1, 0), (0, 1)], images=["a", "b", "c", "d", "b"])
+    # #1 and #4 share the patch (b, [0, 1]): offered first, however far apart their vectors are
+    assert su.look_alikes(v, doc, k=3, radius=0.1) == [[1], [4, 0], [3], [2], [1]]
+    assert su.look_alikes(v, doc, k=3, radius=0.02) == [[1], [4, 0], [], [], [1]]
+    assert su.look_alikes(v, doc, k=1, radius=0.1)[1] == [4]
+
+
+def test_look_alikes_match_a_loop_with_the_default_radius():
+    rng = np.random.default_rng(0)
+    v = rng.random((30, 4), dtype=np.float32)
+    doc = _doc([(j % 2, 0) for j in range(30)], images=[f"i{j % 27}" for j in range(30)])
+    got = su.look_alikes(v, doc, k=5)
+    d = ((v[:, None, :].astype(np.float64) - v[None]) ** 2).sum(2)
+    np.fill_diagonal(d, np.inf)
+    radius = np.median(d.min(1))
+    for i in range(30):
+        same = [j for j in range(30) if j != i and doc["prototypes"][j]["image"] == doc["prototypes"][i]["image"]
+                and doc["prototypes"][j]["cell"] == doc["prototypes"][i]["cell"]]
+        rest = [j for j in np.argsort(d[i], kind="stable") if j != i and j not in same]
+        want = (same + rest)[:5]
+        assert got[i] == [j for j in want if j in same or d[i, j] <= radius]
+
+
+def test_walk_counts_looks_and_keys():
+    flags = [False, True, False, True, True, False]
+    la = [[], [3, 2], [], [4], [], []]
+    w = walk([0, 1, 2, 3, 4, 5], flags)
+    assert (w["looked_90"], w["looked_100"], w["keys"], w["one_key_each"]) == (5, 5, 3, 3)
+    w = walk([0, 1, 2, 3, 4, 5], flags, la, shown=8)
+    # r on #1 (1 key); offer [3, 2]: only #3 is non-object -> one digit key; #3's look-alike #4 joins:
+    # offer [2, 4] -> digit for #4. Seen by then: 0, 1, 3, 2, 4
+    assert (w["keys"], w["looked_100"], w["rejected_ids"]) == (3, 5, [1, 3, 4])
+    la = [[], [3], [], [4], [], []]
+    w = walk([0, 1, 2, 3, 4, 5], flags, la)
+    assert (w["keys"], w["looked_100"]) == (3, 4)  # R on [3] (all shown bad), R on [4]
+    w = walk([0, 1, 2, 3, 4, 5], flags, decided={1})
+    assert w["non_object_to_find"] == 2 and w["looked_100"] == 4 and w["keys"] == 2
+    assert walk([0, 1], [False, False])["looked_90"] is None
+
+
+@pytest.mark.parametrize("order,la", [("suspicion", True), ("id", False)])
+def test_simulate_reports_effort_and_same_decisions(tiny_run, order, la):
+    args = ["simulate", str(tiny_run), "--order", order, "--json", "-q"] + (["--look-alikes"] if la else [])
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout)
+    assert d["order"] == order and d["look_alikes"] is la
+    assert d["non_object_to_find"] == d["rejected"] == d["one_key_each"] and d["keys"] <= d["clicks"]
+    if d["rejected"]:
+        assert 0 < d["looked_90"] <= d["looked_100"] <= d["prototypes"]
+    push = sorted((tiny_run / "stages").glob("*-push"))[-1]
+    if order == "suspicion":
+        doc = json.loads((push / su.FILE).read_text())
+        assert len(doc["score"]) == d["prototypes"] and doc["signals_used"] == list(su.DEFAULT)
+
+
+def test_mask_effect_matches_the_model_and_is_fast(tiny_run):
+    from protocli.cache import min_distances, run_latents
+    from protocli.effect import MaskEffect, describe
+    from protocli.run import Run
+    from protocli.train import accuracy_from_min_d
+
+    eff = MaskEffect(tiny_run)
+    run = Run.open(tiny_run)
+    model = run.load_model("cpu")
+    _, _, zte, yte = run_latents(run, model, run.cub(), torch.device("cpu"))
+    md = min_distances(model, zte, torch.device("cpu"))
+    assert eff.before == pytest.approx(accuracy_from_min_d(model, md, yte))
+    with torch.no_grad():
+        model.prototype_mask[[0, 3]] = 0
+    e = eff([0, 3])
+    assert e["accuracy_masked"] == pytest.approx(accuracy_from_min_d(model, md, yte))
+    assert e["seconds"] < 1.0 and 0 < e["refit_steps"] <= eff.steps and e["masked"] == 2
+    assert describe(e).startswith("mask 2: test ")
+    none = eff([])
+    assert describe(none) == f"test {eff.before:.3f}, nothing masked".replace("0.", ".", 1)
+    assert none["accuracy_refit"] == none["accuracy_masked"] == eff.before and none["refit_steps"] == 0
+    assert eff([0], cancelled=lambda: True) is None
+
+
+def test_load_ignores_a_damaged_or_foreign_suspicion_file(tmp_path):
+    ok = {"version": su.VERSION, "signals_used": list(su.DEFAULT), "score": [0.1, 0.2], "look_alikes": [[], []]}
+    (tmp_path / su.FILE).write_text(json.dumps(ok))
+    assert su.load(tmp_path, 2) == ok
+    assert su.load(tmp_path, 3) is None  # another push's size
+    for bad in ("{not json", json.dumps({**ok, "signals_used": ["weight"]}), json.dumps([1, 2])):
+        (tmp_path / su.FILE).write_text(bad)
+        assert su.load(tmp_path, 2) is None  # a cache: computed again, never an error
