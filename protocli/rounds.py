@@ -64,8 +64,11 @@ def ensure_push(run, model, cub, ztr, ytr, device, box_map: str = "before") -> P
     return run.latest_push()
 
 
-def consult(run, cub, user: str, criterion: str, graphics: str, order: str = "id", look_alikes: bool = False) -> dict:
-    """Ask the user about the latest push -> {push, non_object, clicks, decisions, antitypes}."""
+def consult(run, cub, user: str, criterion: str, ask=None, order: str = "id", look_alikes: bool = False) -> dict:
+    """Ask the user about the latest push -> {push, non_object, clicks, decisions, antitypes}.
+
+    `ask(run_dir, order)`: how a person is asked (the CLI passes the review TUI); it returns when they
+    are done, having written their decisions to the run's antitypes.json."""
     from protocli import antitypes as atmod
     from protocli.runfiles import read_push_doc
     from protocli.simulate import carry_candidates, pushed_vectors, simulate
@@ -80,8 +83,6 @@ def consult(run, cub, user: str, criterion: str, graphics: str, order: str = "id
             "antitypes": r["antitypes"],
             **{k: r[k] for k in EFFORT},
         }
-    from protocli.review import review
-
     push_dir = run.require_push()
     vectors = pushed_vectors(push_dir)
     doc = read_push_doc(push_dir)
@@ -89,7 +90,7 @@ def consult(run, cub, user: str, criterion: str, graphics: str, order: str = "id
     before = atmod.load(run.antitypes_path, len(vectors), vectors.shape[1], known)
     _, carried = carry_candidates(before, run, doc)
     already = before.decided(push_dir.name) if before.push == push_dir.name else {}
-    review(run.path, graphics=graphics, order=order)  # blocks until the person quits
+    ask(run.path, order)  # blocks until the person is done
     after = atmod.load(run.antitypes_path, len(vectors), vectors.shape[1], known)
     now = after.decided(push_dir.name)
     old = {**carried, **already}
@@ -152,7 +153,7 @@ def rounds_run(
     epochs: int = 30,
     criterion: str = "box",
     final_mask: bool = False,
-    graphics: str = "auto",
+    ask=None,
     out: Path | None = None,
     device=None,
     generator: torch.Generator | None = None,
@@ -163,7 +164,9 @@ def rounds_run(
 ) -> dict:
     """Alg. 1 on a run (or on a fork at `out`). `cfg` (a ReviseConfig) sets everything but the epochs.
     `final_last_epochs`: last-layer epochs of the final mask (None: cfg.last_epochs).
-    `order` and `look_alikes` go to the user: the TUI's first order, the simulated user's walk."""
+    `order` and `look_alikes` go to the user: the TUI's first order, the simulated user's walk.
+    `ask(run_dir, order)`: with user "tui", how the person is asked (chosen at the edge: the CLI
+    passes the review TUI, a script anything that writes decisions and returns)."""
     from protocli.cache import run_latents
     from protocli.mask import mask_model
     from protocli.revise import ReviseConfig, antitype_matrix, revise_model
@@ -172,6 +175,8 @@ def rounds_run(
 
     if user not in USERS:
         raise BadInput(f"--user {user}: expected simulated or tui")
+    if user == "tui" and ask is None:
+        raise BadInput("--user tui: no way to ask a person was given (the command line passes the review TUI)")
     if criterion not in ("box", "cell"):
         raise BadInput(f"--criterion {criterion}: expected box or cell")
     if n_rounds < 1:
@@ -223,7 +228,7 @@ def rounds_run(
     for r in range(1, n_rounds + 1):
         t0 = time.perf_counter()
         ensure_push(run, model, cub, ztr, ytr, device, cfg.box_map)
-        c = consult(run, cub, user, criterion, graphics, order, look_alikes)
+        c = consult(run, cub, user, criterion, ask, order, look_alikes)
         consulted_last = True
         info(
             f"round {r}: {c['non_object']} non-object prototypes on {c['push']} ({c['clicks']} new), "
@@ -263,7 +268,7 @@ def rounds_run(
 
     if final_mask:
         if not consulted_last:
-            c = consult(run, cub, user, criterion, graphics, order, look_alikes)
+            c = consult(run, cub, user, criterion, ask, order, look_alikes)
             doc["final_consult"] = c
         from protocli.mask import rejected_on_latest_push
 

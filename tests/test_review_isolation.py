@@ -51,3 +51,24 @@ def test_no_textual_import_statement_outside_review():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             for name in names:
                 assert name.split(".")[0] not in ("textual", "textual_image"), f"{path}: imports {name}"
+
+
+def test_only_the_cli_chooses_the_review_tui():
+    """The core never calls the UI: no module outside protocli/cli/ and protocli/review/ imports
+    protocli.review (anywhere, functions included); `rounds` gets a "consult the user" callable."""
+    import ast
+
+    for path in PKG.rglob("*.py"):
+        top = path.relative_to(PKG).parts[0]
+        if top in ("cli", "review"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                names = [base] + [f"{base}.{a.name}" for a in node.names]
+            else:
+                continue
+            assert not any(n == "protocli.review" or n.startswith("protocli.review.") for n in names), \
+                f"{path.relative_to(ROOT)} imports the review TUI"

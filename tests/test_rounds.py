@@ -177,7 +177,9 @@ def test_tui_user_is_consulted_and_clicks_counted(tiny_run, monkeypatch):
         return {}
 
     monkeypatch.setattr(review_pkg, "review", fake_review)
-    res = rounds_run(tiny_run, n_rounds=3, user="tui", epochs=1, graphics="halfcell", cfg=FAST)
+    from protocli.cli.revision import _tui
+
+    res = rounds_run(tiny_run, n_rounds=3, user="tui", epochs=1, ask=_tui("halfcell"), cfg=FAST)
     rows = res["rounds"]
     assert calls[0][1] == "halfcell" and len(calls) == 2
     assert rows[1]["non_object"] == 1 and rows[1]["clicks"] == 1 and rows[1]["antitypes"] == 1

@@ -123,6 +123,17 @@ LAST_EPOCHS_OPT = typer.Option(20, help="Last-layer fine-tune epochs after the r
 BATCH_SIZE_OPT = typer.Option(80, help="Batch size (on cached latents).")
 
 
+def _tui(graphics: str):
+    """`rounds --user tui`: ask the person in the review TUI (the core never imports the TUI itself)."""
+
+    def ask(run_dir: Path, order: str) -> None:
+        from protocli.review import review as review_app
+
+        review_app(run_dir, graphics=graphics, order=order)
+
+    return ask
+
+
 def _revise_options(**kw) -> dict:
     """Parsed option values keyed as ReviseConfig's fields (enums as their value)."""
     return {k: getattr(v, "value", v) for k, v in kw.items()}
@@ -234,7 +245,7 @@ def rounds(
                    keys={"n_rounds": "rounds", "finally_mask": "final_mask"})
         return rounds_run(run, n_rounds=r["n_rounds"], user=user.value, epochs=cfg.epochs, criterion=r["criterion"],
                           final_mask=r["finally_mask"], final_last_epochs=r["final_last_epochs"],
-                          graphics=graphics.value, out=out, device=pick_device(device),
+                          ask=_tui(graphics.value) if user == User.tui else None, out=out, device=pick_device(device),
                           generator=seed_everything(seed), cfg=cfg,
                           order=order.value, look_alikes=look_alikes)
 
