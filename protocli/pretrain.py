@@ -53,8 +53,8 @@ def _accuracy(model, loader, device, amp: bool) -> float:
     return correct / max(seen, 1)
 
 
-def pretrain(data: Path, out: Path, *, backbone: str = "tiny", img_size: int = 96, epochs: int = 12,
-             batch_size: int = 64, lr: float = 3e-3, weight_decay: float = 1e-4, crop: bool = True,
+def pretrain(data: Path, out: Path, *, backbone: str = "tiny", img_size: int = 96, epochs: int = 16,
+             batch_size: int = 64, lr: float = 1e-2, weight_decay: float = 1e-4, crop: bool = True,
              device=None, generator: torch.Generator | None = None, workers: int | None = None,
              amp: bool = True) -> dict:
     """Train `backbone` as a classifier on DATA's train split; write its weights to OUT (atomic)."""

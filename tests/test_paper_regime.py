@@ -153,3 +153,18 @@ def test_flowers_family_is_a_cub_layout_with_exact_masks(tmp_path):
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)  # same seed, same bytes
     with pytest.raises(BadInput, match="family"):
         synth(tmp_path / "c", family="fish")
+
+
+def test_pretrain_function_defaults_are_the_command_s():
+    """The demo calls pretrain() directly: it must train what `protocli pretrain` trains."""
+    import inspect
+
+    from typer.main import get_command
+
+    from protocli.cli import app
+
+    cmd = get_command(app).commands["pretrain"]
+    opts = {p.name: p.default for p in cmd.params}
+    sig = inspect.signature(pretrain).parameters
+    for name in ("backbone", "img_size", "epochs", "batch_size", "lr", "crop"):
+        assert sig[name].default == opts[name], name
