@@ -5,7 +5,7 @@ Inputs: the run's `antitypes.json` (may be missing), the pushed prototype vector
 `prototypes.json` of two pushes (for carry-over). Outputs: an `Antitypes` object and, through
 `save`, the same file rewritten atomically.
 
-Format (version 1), as in DESIGN.md:
+Format (version 1; docs/ARCHITECTURE.md has the rules):
 
     {"version": 1, "push": "003-push",
      "decisions": [{"prototype": 17, "verdict": "reject", "by": "user", "at": "...Z", "push": "003-push"}],

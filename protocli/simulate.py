@@ -1,7 +1,7 @@
 """`protocli simulate`: run (latest push) + segmentation masks -> decisions in antitypes.json, by "simulated".
 
 The simulated user stands in for a person so that revision can be measured. A prototype is
-non-object when its patch does not touch the object, by one of two criteria (DESIGN.md):
+non-object when its patch does not touch the object, by one of two criteria (docs/fidelity.md):
 - `box`: its 95th-percentile box has zero overlap with the object mask (the paper's text);
 - `cell`: the raw 0/255 mask shrunk to the latent grid with PIL's default (bicubic) resize is
   exactly 0 at its cell (the authors' code, `cache.grid_masks`).
