@@ -26,10 +26,15 @@ def _key(parts: list[str]) -> str:
 
 
 def latents(model, cub, split: str, *, crop: bool, cache_dir: Path | None, device: torch.device,
-            batch_size: int = 100, workers: int | None = None, amp: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Latent grids and labels of a split: (Z fp16 CPU (N, D, H, W), y long (N,)). Cached on disk."""
+            batch_size: int = 100, workers: int | None = None, amp: bool = True,
+            dist=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latent grids and labels of a split: (Z fp16 CPU (N, D, H, W), y long (N,)). Cached on disk.
+
+    In a job of several processes (`dist`, default: the current one) each encodes its shard of whole
+    batches, all gather the grids in index order and rank 0 writes the file."""
     from safetensors.torch import load_file, save
 
+    from protocli import distributed
     from protocli.data.cub import ImageSet
     from protocli.data.transforms import eval_transform
     from protocli.files import atomic_write_bytes
@@ -43,7 +48,10 @@ def latents(model, cub, split: str, *, crop: bool, cache_dir: Path | None, devic
         except Exception:  # a damaged cache file is just recomputed
             path.unlink(missing_ok=True)
 
+    dist = dist or distributed.current()
     ds = ImageSet(cub, split, eval_transform(model.cfg.img_size), crop=crop)
+    if dist.on:
+        ds = torch.utils.data.Subset(ds, range(*distributed.shard_range(len(ds), dist, batch_size)))
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False,
                         num_workers=default_workers() if workers is None else workers,
                         pin_memory=device.type == "cuda")
@@ -62,18 +70,21 @@ def latents(model, cub, split: str, *, crop: bool, cache_dir: Path | None, devic
             advance(len(y))
     model.train(was_training)
     z, y = torch.cat(zs), torch.cat(ys).long()
-    if path is not None:
+    z, y = distributed.gather_rows(z, dist), distributed.gather_rows(y, dist)
+    if path is not None and dist.is_main():
         for old in Path(cache_dir).glob(f"latents-{split}-*.safetensors"):
             old.unlink(missing_ok=True)  # stale: the encoder or data changed
         atomic_write_bytes(path, save({"z": z.contiguous(), "y": y}))
+    distributed.barrier(dist)  # the file is complete before any rank reads it
     return z, y
 
 
 
-def run_latents(run, model, cub, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def run_latents(run, model, cub, device: torch.device,
+                dist=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The cached train and test latents of a run's model: (z_train, y_train, z_test, y_test)."""
-    ztr, ytr = latents(model, cub, "train", crop=run.crop, cache_dir=run.cache_dir, device=device)
-    zte, yte = latents(model, cub, "test", crop=run.crop, cache_dir=run.cache_dir, device=device)
+    ztr, ytr = latents(model, cub, "train", crop=run.crop, cache_dir=run.cache_dir, device=device, dist=dist)
+    zte, yte = latents(model, cub, "test", crop=run.crop, cache_dir=run.cache_dir, device=device, dist=dist)
     return ztr, ytr, zte, yte
 
 def masks(cub, split: str, *, size: int, crop: bool, cache_dir: Path | None) -> torch.Tensor:

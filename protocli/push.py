@@ -22,12 +22,15 @@ from protocli.console import info, warn
 from protocli.files import atomic_write_bytes, atomic_write_json
 
 
-def nearest_patches(model, z: torch.Tensor, y: torch.Tensor, device, batch_size: int = 64):
+def nearest_patches(model, z: torch.Tensor, y: torch.Tensor, device, batch_size: int = 64, dist=None):
     """For every prototype: the nearest own-class cell over all images.
 
     Returns (best_dist (P,), best_image (P,), best_cell (P,) flat h*W+w, min_d (N, P), arg_cell (N, P)).
-    Ties keep the first image, as numpy's argmin does in the original code.
+    Ties keep the first image, as numpy's argmin does in the original code. With `dist` (a job of
+    several processes) the images are sharded: see `nearest_patches_sharded`.
     """
+    if dist is not None and dist.on:
+        return nearest_patches_sharded(model, z, y, device, dist, batch_size)
     P = model.num_prototypes
     pcls = model.prototype_class.to(device)
     best_d = torch.full((P,), float("inf"), device=device)
@@ -48,6 +51,33 @@ def nearest_patches(model, z: torch.Tensor, y: torch.Tensor, device, batch_size:
             best_img = torch.where(better, bidx + i, best_img)
             best_cell = torch.where(better, arg[bidx, ar], best_cell)
     return best_d.cpu(), best_img.cpu(), best_cell.cpu(), torch.cat(all_min), torch.cat(all_arg)
+
+
+def nearest_patches_sharded(model, z: torch.Tensor, y: torch.Tensor, device, dist, batch_size: int = 64):
+    """`nearest_patches` with the images split over the processes of `dist`; every rank gets the result.
+
+    Each rank searches its shard (whole batches, so its distances are those of one process), then all
+    gather every prototype's (distance, global image index, cell) and keep the smallest distance, then
+    the smallest image index, then the smallest cell: exactly one process's first-found rule. The
+    (N, P) minima and their cells are gathered in image order for the nearest-patch lists.
+    """
+    from protocli import distributed
+
+    a, b = distributed.shard_range(len(z), dist, batch_size)
+    d, img, cell, min_d, arg = nearest_patches(model, z[a:b], y[a:b], device, batch_size)
+    d_all = distributed.all_gather_tensor(d, dist)  # (W, P)
+    img_all = distributed.all_gather_tensor(img + a, dist)
+    cell_all = distributed.all_gather_tensor(cell, dist)
+    big = torch.iinfo(torch.long).max
+    cand = d_all == d_all.min(0).values  # inf == inf: a prototype without own-class images ties everywhere
+    img_min = torch.where(cand, img_all, big).min(0).values
+    cand &= img_all == img_min
+    cell_min = torch.where(cand, cell_all, big).min(0).values
+    best_d = d_all.min(0).values
+    # No own-class image anywhere: one process reports image 0, cell 0; so does this.
+    found = torch.isfinite(best_d)
+    img_min, cell_min = torch.where(found, img_min, 0), torch.where(found, cell_min, 0)
+    return best_d, img_min, cell_min, distributed.gather_rows(min_d, dist), distributed.gather_rows(arg, dist)
 
 
 def percentile_rows(x: torch.Tensor, q: float) -> torch.Tensor:
@@ -142,12 +172,18 @@ def cell_box(cell_h: int, cell_w: int, grid, size: int, margin: int = 1) -> list
             min(size, round((cell_w + 1 + margin) * size / W)), min(size, round((cell_h + 1 + margin) * size / H))]
 
 
-def push_model(run, model, cub, z: torch.Tensor, y: torch.Tensor, device, k: int = 5) -> dict:
-    """The push stage on cached latents `z` of the train split. Commits a NNN-push stage."""
+def push_model(run, model, cub, z: torch.Tensor, y: torch.Tensor, device, k: int = 5, dist=None) -> dict:
+    """The push stage on cached latents `z` of the train split. Commits a NNN-push stage.
+
+    With `dist` (default: the current job) the search is sharded and every rank ends with the same
+    prototypes; rank 0 alone writes the stage."""
+    from protocli import distributed
+
+    dist = dist or distributed.current()
     t0 = time.perf_counter()
     size, crop = model.cfg.img_size, run.crop
     H, W = z.shape[2], z.shape[3]
-    best_d, best_img, best_cell, min_d, arg = nearest_patches(model, z, y, device)
+    best_d, best_img, best_cell, min_d, arg = nearest_patches(model, z, y, device, dist=dist)
     found = torch.isfinite(best_d)
     if not bool(found.all()):
         missing = sorted({int(c) for c in model.prototype_class[~found]})
@@ -189,12 +225,14 @@ def push_model(run, model, cub, z: torch.Tensor, y: torch.Tensor, device, k: int
                         for r in range(kk)],
         })
     unique = int((dup_of == torch.arange(len(dup_of))).sum())
-    with run.stage("push") as st:
-        doc = {"version": 1, "push": st.id, "img_size": size, "grid": [H, W], "crop": crop,
-               "classes": list(cub.classes), "prototypes": protos}
-        atomic_write_json(st.dir / "prototypes.json", doc)
-        n_pics = write_pictures(st.dir, protos, maps, cub, size, crop)
-        st.save_model(model)
+    n_pics = 0
+    with distributed.stage(run, "push", dist) as st:
+        if st.main:  # the other ranks hold the same prototypes and wait at the stage's end
+            doc = {"version": 1, "push": st.id, "img_size": size, "grid": [H, W], "crop": crop,
+                   "classes": list(cub.classes), "prototypes": protos}
+            atomic_write_json(st.dir / "prototypes.json", doc)
+            n_pics = write_pictures(st.dir, protos, maps, cub, size, crop)
+            st.save_model(model)
         st.info.update(prototypes=model.num_prototypes, unique=unique, mean_distance=float(best_d[found].mean()))
         push_id = st.id
     if unique < model.num_prototypes:
@@ -233,7 +271,7 @@ def write_pictures(folder: Path, protos: list[dict], maps: torch.Tensor, cub, si
         return sum(ex.map(one, protos))
 
 
-def push_run(run_dir: Path, device) -> dict:
+def push_run(run_dir: Path, device, dist=None) -> dict:
     """Open a run, push its prototypes on the cached train latents and commit a push stage."""
     from protocli.cache import latents
     from protocli.run import Run
@@ -241,5 +279,5 @@ def push_run(run_dir: Path, device) -> dict:
     run = Run.open(run_dir)
     model = run.load_model(device)
     cub = run.cub()
-    z, y = latents(model, cub, "train", crop=run.crop, cache_dir=run.cache_dir, device=device)
-    return push_model(run, model, cub, z, y, device)
+    z, y = latents(model, cub, "train", crop=run.crop, cache_dir=run.cache_dir, device=device, dist=dist)
+    return push_model(run, model, cub, z, y, device, dist=dist)

@@ -54,33 +54,68 @@ class Reduce(str, Enum):
     mean = "mean"
 
 
-def execute(fn: Callable[[], dict], as_json: bool, quiet: bool, show: Callable[[dict], Any] | None = None):
-    """Run a stage and map its outcome to output and exit codes."""
+def execute(fn: Callable[[], dict], as_json: bool, quiet: bool, show: Callable[[dict], Any] | None = None,
+            spread: bool = False):
+    """Run a stage and map its outcome to output and exit codes.
+
+    Under torchrun with several processes, a command that can share its work (`spread`) runs on every
+    process; any other command runs on rank 0 alone while the others exit at once. Only rank 0 prints
+    the result, and a failure anywhere ends every process with one line and one exit code."""
     from protocli.console import QUIET, console
     from protocli.errors import BadInput
 
     QUIET["on"] = quiet
+    team = _team()
+    if team is not None and not spread and team.env_rank() != 0:
+        return {}
     try:
         result = fn()
+        if team is not None and spread:
+            team.finish()
     except BadInput as e:
-        console.print(f"[red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
-        raise typer.Exit(2) from None
+        _end(team, 2, console, f"[red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: the run is unchanged (training keeps its checkpoint for --resume)")
-        raise typer.Exit(130) from None
+        _end(team, 130, console,
+             "[yellow]interrupted[/]: the run is unchanged (training keeps its checkpoint for --resume)")
     except typer.Exit:
         raise
     except Exception as e:  # anything else is our failure: exit 1, traceback on request
         if os.environ.get("PROTOCLI_DEBUG"):
             raise
-        console.print(f"[red]failed:[/] {type(e).__name__}: {e} (set PROTOCLI_DEBUG=1 for the traceback)",
-                      highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+        _end(team, 1, console, f"[red]failed:[/] {type(e).__name__}: {e} (set PROTOCLI_DEBUG=1 for the traceback)",
+             highlight=False, soft_wrap=True)
+    if team is not None and team.env_rank() != 0:
+        return result
     if show is not None and not quiet:
         show(result)
     if as_json:
         sys.stdout.write(json.dumps(result, indent=1, default=str) + "\n")
     return result
+
+
+def _team():
+    """protocli.distributed when torchrun started several processes, else None (and torch stays unimported)."""
+    try:
+        several = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+    except ValueError:
+        several = False
+    if not several:
+        return None
+    from protocli import distributed
+
+    return distributed
+
+
+def _end(team, code: int, console, line: str, **style):
+    """Print the one line and exit with `code`; in a job of several processes only the first to fail
+    speaks, and every process exits with its code."""
+    if team is None:
+        console.print(line, **style)
+        raise typer.Exit(code) from None
+    code, speak = team.fail(code)
+    if speak:
+        console.print(line, **style)
+    team.exit_now(code)
 
 
 def kv(title: str):

@@ -78,13 +78,17 @@ def mask(
     """Masking condition: rejected prototypes stop voting, then the last layer is retrained."""
 
     def go():
+        from protocli import distributed
         from protocli.mask import mask_run
-        from protocli.runtime import pick_device, seed_everything
+        from protocli.runtime import seed_everything
 
+        dist, dev = distributed.setup(device)
+        if not distributed.share_cache(run, dist, dev):
+            return {}
         return mask_run(run, antitypes=antitypes, last_epochs=last_epochs, lr_last=lr_last, out=out,
-                        device=pick_device(device), generator=seed_everything(seed))
+                        device=dev, generator=seed_everything(seed))
 
-    execute(go, as_json, quiet, kv("masking"))
+    execute(go, as_json, quiet, kv("masking"), spread=True)
 
 
 @app.command()
@@ -113,18 +117,21 @@ def revise(
     """Revise prototypes away from the antitypes (Refine loss), then push and fine-tune the last layer."""
 
     def go():
+        from protocli import distributed
         from protocli.revise import ReviseConfig, revise_run
-        from protocli.runtime import pick_device, seed_everything
+        from protocli.runtime import seed_everything
 
         cfg = ReviseConfig(epochs=epochs, lam_refine=lam_refine, lam_con=lam_con, lam_l1=lam_l1,
                            lam_clst=lam_clst, lam_sep=lam_sep, refine_distance=refine_distance.value,
                            refine_reduce=refine_reduce.value, lr_prototypes=lr_prototypes, lr_kept=lr_kept,
                            lr_last=lr_last,
                            last_epochs=last_epochs, batch_size=batch_size)
-        return revise_run(run, cfg, antitypes=antitypes, out=out, device=pick_device(device),
-                          generator=seed_everything(seed))
+        dist, dev = distributed.setup(device)
+        if not distributed.share_cache(run, dist, dev):
+            return {}
+        return revise_run(run, cfg, antitypes=antitypes, out=out, device=dev, generator=seed_everything(seed))
 
-    execute(go, as_json, quiet, kv("revision"))
+    execute(go, as_json, quiet, kv("revision"), spread=True)
 
 
 @app.command()
@@ -148,14 +155,18 @@ def rounds(
     """Iterative prototype revision, Algorithm 1 of the paper: push, consult the user, revise; repeated."""
 
     def go():
+        from protocli import distributed
         from protocli.revise import ReviseConfig
         from protocli.rounds import rounds_run
-        from protocli.runtime import pick_device, seed_everything
+        from protocli.runtime import seed_everything
 
         cfg = ReviseConfig(lr_prototypes=lr_prototypes, lr_kept=lr_kept)
+        dist, dev = distributed.setup(device)
+        if not distributed.share_cache(run, dist, dev):
+            return {}
         return rounds_run(run, n_rounds=n_rounds, user=user.value, epochs=epochs, criterion=criterion.value,
                           final_mask=finally_mask, graphics=graphics.value, out=out,
-                          device=pick_device(device), generator=seed_everything(seed), cfg=cfg)
+                          device=dev, generator=seed_everything(seed), cfg=cfg)
 
     def show(result):
         from protocli.console import print_table
@@ -166,4 +177,4 @@ def rounds(
         rows = result.get("rounds", [])
         print_table("rounds", rows, [c for c in cols if rows and c in rows[0]])
 
-    execute(go, as_json, quiet, show)
+    execute(go, as_json, quiet, show, spread=True)
