@@ -69,7 +69,7 @@ def latents(model, cub, split: str, *, crop: bool, cache_dir: Path | None, devic
             ys.append(y)
             advance(len(y))
     model.train(was_training)
-    z, y = torch.cat(zs), torch.cat(ys).long()
+    z, y = (torch.cat(zs), torch.cat(ys).long()) if zs else (torch.empty(0), torch.empty(0, dtype=torch.long))
     z, y = distributed.gather_rows(z, dist), distributed.gather_rows(y, dist)
     if path is not None and dist.is_main():
         for old in Path(cache_dir).glob(f"latents-{split}-*.safetensors"):

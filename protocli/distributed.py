@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -132,10 +133,13 @@ def gather_rows(t: torch.Tensor, dist: Dist) -> torch.Tensor:
         return t
     import torch.distributed as td
 
-    sizes = all_gather_tensor(torch.tensor([len(t)], dtype=torch.long), dist).tolist()
-    m = max(sizes)
-    buf = torch.zeros((m, *t.shape[1:]), dtype=t.dtype, device=dist.comm)
-    buf[:len(t)] = t.to(dist.comm)
+    meta = gather_objects((len(t), tuple(t.shape[1:]), t.dtype), dist)
+    sizes = [m[0] for m in meta]
+    # An empty shard (fewer batches than ranks) may not know the row shape: take it from a full one.
+    _, shape, dtype = next((m for m in meta if m[0]), meta[0])
+    buf = torch.zeros((max(sizes), *shape), dtype=dtype, device=dist.comm)
+    if len(t):
+        buf[:len(t)] = t.to(dist.comm)
     outs = [torch.empty_like(buf) for _ in range(dist.world)]
     td.all_gather(outs, buf)
     return torch.cat([o[:s].to(t.device) for o, s in zip(outs, sizes, strict=True)])
@@ -249,10 +253,21 @@ def fail(code: int) -> tuple[int, bool]:
         store.set_timeout(datetime.timedelta(seconds=10))
         if store.add(_FAILED, 1) == 1:
             store.set(_CODE, str(code))
+            if _hosts_store() and current().comm == "cpu":
+                # Launched without torchrun's agent, rank 0 serves the store: close the group so that
+                # the others' collectives break, and stay until they have read the code.
+                td.destroy_process_group()
+                deadline = time.monotonic() + 10
+                while store.add(_FAILED, 0) < current().world and time.monotonic() < deadline:
+                    time.sleep(0.05)
             return code, True
         return int(store.get(_CODE)), False
     except Exception:  # the store went down with the process that hosted it
         return code, True
+
+
+def _hosts_store() -> bool:
+    return env_rank() == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() != "true"
 
 
 def exit_now(code: int) -> None:

@@ -64,7 +64,12 @@ def nearest_patches_sharded(model, z: torch.Tensor, y: torch.Tensor, device, dis
     from protocli import distributed
 
     a, b = distributed.shard_range(len(z), dist, batch_size)
-    d, img, cell, min_d, arg = nearest_patches(model, z[a:b], y[a:b], device, batch_size)
+    if b > a:
+        d, img, cell, min_d, arg = nearest_patches(model, z[a:b], y[a:b], device, batch_size)
+    else:  # fewer batches than ranks: nothing to search here
+        P = model.num_prototypes
+        d, img, cell = torch.full((P,), float("inf")), torch.zeros(P, dtype=torch.long), torch.zeros(P, dtype=torch.long)
+        min_d, arg = torch.empty(0, P), torch.empty(0, P, dtype=torch.int32)
     d_all = distributed.all_gather_tensor(d, dist)  # (W, P)
     img_all = distributed.all_gather_tensor(img + a, dist)
     cell_all = distributed.all_gather_tensor(cell, dist)

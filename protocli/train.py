@@ -173,11 +173,11 @@ def _save_checkpoint(path: Path, model, warm, joint, sched, epoch: int, loader_g
           "loader_rng": loader_gen.get_state()}
     if dist.on:  # every rank's own random state (augmentation), so that --resume continues each of them
         ck["rng_ranks"] = distributed.gather_objects((torch.get_rng_state(), rank_gen.get_state()), dist)
-    if not dist.is_main():
-        return
-    buf = io.BytesIO()
-    torch.save(ck, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    if dist.is_main():
+        buf = io.BytesIO()
+        torch.save(ck, buf)
+        atomic_write_bytes(path, buf.getvalue())
+    distributed.barrier(dist)  # no rank runs ahead of the checkpoint it would resume from
 
 
 def _wrap(model, cfg: TrainConfig, device, dist):
@@ -187,8 +187,8 @@ def _wrap(model, cfg: TrainConfig, device, dist):
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                   broadcast_buffers=True)
+    # Buffers (BatchNorm running statistics) go from rank 0 to all before each forward (DDP's default).
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def _fit(run, model, cub, cfg: TrainConfig, device, generator: torch.Generator,
