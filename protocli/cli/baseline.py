@@ -59,7 +59,8 @@ def data_check(
 @app.command()
 def train(
     data: Path = typer.Argument(..., help="Dataset root in the CUB-200-2011 layout."),
-    run: Path = typer.Option(..., "--run", help="Run folder to create (or continue with --resume)."),
+    run: Path = typer.Option(..., "--run", "--run-dir", help="Run folder to create (or continue with --resume). "
+                             "Under torchrun write --run-dir: torchrun takes --run for its own --run-path."),
     backbone: str = typer.Option("resnet34", help="resnet18..152, vgg11..19[_bn], densenet121..201, tiny; "
                                  "a ResNet cut early as e.g. resnet18@layer3."),
     pretrained: bool = typer.Option(False, help="Start the backbone from torchvision's ImageNet weights."),
