@@ -246,8 +246,8 @@ def fail(code: int) -> tuple[int, bool]:
 
     import torch.distributed as td
 
-    if not td.is_initialized():
-        return code, True
+    if not td.is_initialized():  # failed before joining (e.g. a bad option): every rank fails alike
+        return code, env_rank() == 0
     try:
         store = td.distributed_c10d._get_default_store()
         store.set_timeout(datetime.timedelta(seconds=10))
