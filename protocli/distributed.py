@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -237,37 +236,30 @@ def finish() -> None:
     _CURRENT[0] = SINGLE
 
 
-def fail(code: int) -> tuple[int, bool]:
-    """This process failed with `code` -> (exit code for this process, whether to print its line).
+def fail(code: int) -> tuple[int, str]:
+    """This process failed with `code` -> (exit code for this process, what it prints: "own" its line,
+    "quiet" nothing, "peer" a note that another process ended first).
 
-    The first process to fail speaks for the job; a process failing after it (its collective broke
-    because the first one left) takes the first one's code and stays quiet."""
+    The first process to fail speaks for the job: it counts itself and records its code in the
+    rendezvous store. A process failing after it (its collective broke because the first one left)
+    takes that code and stays quiet. Under torchrun the store lives in torchrun's agent and outlives
+    every worker; without the agent rank 0 serves it, and when rank 0 is the one that failed the
+    others can only say that another process ended (exit 1)."""
     import datetime
 
     import torch.distributed as td
 
     if not td.is_initialized():  # failed before joining (e.g. a bad option): every rank fails alike
-        return code, env_rank() == 0
+        return code, "own" if env_rank() == 0 else "quiet"
     try:
         store = td.distributed_c10d._get_default_store()
         store.set_timeout(datetime.timedelta(seconds=10))
         if store.add(_FAILED, 1) == 1:
             store.set(_CODE, str(code))
-            if _hosts_store() and current().comm == "cpu":
-                # Launched without torchrun's agent, rank 0 serves the store: close the group so that
-                # the others' collectives break, and stay until they have read the code.
-                td.destroy_process_group()
-                deadline = time.monotonic() + 10
-                while store.add(_FAILED, 0) < current().world and time.monotonic() < deadline:
-                    time.sleep(0.05)
-            return code, True
-        return int(store.get(_CODE)), False
-    except Exception:  # the store went down with the process that hosted it
-        return code, True
-
-
-def _hosts_store() -> bool:
-    return env_rank() == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() != "true"
+            return code, "own"
+        return int(store.get(_CODE)), "quiet"
+    except Exception:  # the store went down with the process that served it
+        return 1, "peer"
 
 
 def exit_now(code: int) -> None:

@@ -61,6 +61,8 @@ def execute(fn: Callable[[], dict], as_json: bool, quiet: bool, show: Callable[[
     Under torchrun with several processes, a command that can share its work (`spread`) runs on every
     process; any other command runs on rank 0 alone while the others exit at once. Only rank 0 prints
     the result, and a failure anywhere ends every process with one line and one exit code."""
+    from rich.markup import escape
+
     from protocli.console import QUIET, console
     from protocli.errors import BadInput
 
@@ -73,7 +75,7 @@ def execute(fn: Callable[[], dict], as_json: bool, quiet: bool, show: Callable[[
         if team is not None and spread:
             team.finish()
     except BadInput as e:
-        _end(team, 2, console, f"[red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
+        _end(team, 2, console, f"[red]error:[/] {escape(str(e))}", highlight=False, markup=True, soft_wrap=True)
     except KeyboardInterrupt:
         _end(team, 130, console,
              "[yellow]interrupted[/]: the run is unchanged (training keeps its checkpoint for --resume)")
@@ -82,8 +84,8 @@ def execute(fn: Callable[[], dict], as_json: bool, quiet: bool, show: Callable[[
     except Exception as e:  # anything else is our failure: exit 1, traceback on request
         if os.environ.get("PROTOCLI_DEBUG"):
             raise
-        _end(team, 1, console, f"[red]failed:[/] {type(e).__name__}: {e} (set PROTOCLI_DEBUG=1 for the traceback)",
-             highlight=False, soft_wrap=True)
+        _end(team, 1, console, f"[red]failed:[/] {type(e).__name__}: {escape(str(e))} "
+             "(set PROTOCLI_DEBUG=1 for the traceback)", highlight=False, soft_wrap=True)
     if team is not None and team.env_rank() != 0:
         return result
     if show is not None and not quiet:
@@ -112,9 +114,11 @@ def _end(team, code: int, console, line: str, **style):
     if team is None:
         console.print(line, **style)
         raise typer.Exit(code) from None
-    code, speak = team.fail(code)
-    if speak:
+    code, say = team.fail(code)
+    if say == "own":
         console.print(line, **style)
+    elif say == "peer":
+        console.print("[red]failed:[/] another process of this job ended first (its message, if any, is above)")
     team.exit_now(code)
 
 
