@@ -70,19 +70,23 @@ def nearest_patches_sharded(model, z: torch.Tensor, y: torch.Tensor, device, dis
         P = model.num_prototypes
         d, img, cell = torch.full((P,), float("inf")), torch.zeros(P, dtype=torch.long), torch.zeros(P, dtype=torch.long)
         min_d, arg = torch.empty(0, P), torch.empty(0, P, dtype=torch.int32)
-    d_all = distributed.all_gather_tensor(d, dist)  # (W, P)
-    img_all = distributed.all_gather_tensor(img + a, dist)
-    cell_all = distributed.all_gather_tensor(cell, dist)
+    best = merge_best(distributed.all_gather_tensor(d, dist), distributed.all_gather_tensor(img + a, dist),
+                      distributed.all_gather_tensor(cell, dist))
+    return (*best, distributed.gather_rows(min_d, dist), distributed.gather_rows(arg, dist))
+
+
+def merge_best(d: torch.Tensor, img: torch.Tensor, cell: torch.Tensor):
+    """Shards' bests (S, P) each -> per prototype the smallest distance, then the smallest global image
+    index, then the smallest cell: (best_d, best_image, best_cell), each (P,)."""
     big = torch.iinfo(torch.long).max
-    cand = d_all == d_all.min(0).values  # inf == inf: a prototype without own-class images ties everywhere
-    img_min = torch.where(cand, img_all, big).min(0).values
-    cand &= img_all == img_min
-    cell_min = torch.where(cand, cell_all, big).min(0).values
-    best_d = d_all.min(0).values
+    best_d = d.min(0).values
+    cand = d == best_d  # inf == inf: a prototype without own-class images ties everywhere
+    img_min = torch.where(cand, img, big).min(0).values
+    cand &= img == img_min
+    cell_min = torch.where(cand, cell, big).min(0).values
     # No own-class image anywhere: one process reports image 0, cell 0; so does this.
     found = torch.isfinite(best_d)
-    img_min, cell_min = torch.where(found, img_min, 0), torch.where(found, cell_min, 0)
-    return best_d, img_min, cell_min, distributed.gather_rows(min_d, dist), distributed.gather_rows(arg, dist)
+    return best_d, torch.where(found, img_min, 0), torch.where(found, cell_min, 0)
 
 
 def percentile_rows(x: torch.Tensor, q: float) -> torch.Tensor:

@@ -215,3 +215,41 @@ def test_a_failing_rank_ends_every_process_with_its_exit_code_and_one_line(tiny_
     assert len(lines) == 1 and lines[0].startswith("error:") and broken.name in lines[0], lines
     assert outs[1][1].strip() == lines[0]  # rank 1 found the fault and spoke; rank 0 stayed quiet
     assert not (tmp_path / "run" / "stages" / "001-train").exists()
+
+
+def test_shards_are_whole_batches_that_cover_every_item_once():
+    from protocli.distributed import Dist, shard_range
+
+    for n in (0, 1, 7, 40, 64, 65, 1000):
+        for world in (1, 2, 3, 8):
+            for block in (1, 8, 64, 100):
+                parts = [shard_range(n, Dist(rank=r, world=world), block) for r in range(world)]
+                assert [i for a, b in parts for i in range(a, b)] == list(range(n))
+                assert all(a % block == 0 for a, b in parts if b > a)
+
+
+def test_merging_shard_bests_is_the_single_process_first_found_rule(one_thread):
+    """Duplicated images make exact ties inside and across shards; one class has no image at all."""
+    from protocli.distributed import Dist, shard_range
+    from protocli.model import ModelConfig, build_model
+    from protocli.push import merge_best
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone="tiny", num_classes=4, prototypes_per_class=3, proto_dim=8, img_size=32))
+    base = torch.rand(6, 8, 4, 4)
+    z = torch.cat([base, base, base[:3], base]).half()  # 21 images, every latent repeated
+    y = torch.tensor([0, 1, 2, 0, 1, 2] * 3 + [0, 1, 2])[: len(z)]  # class 3 has no image
+    with torch.no_grad():
+        model.prototypes.copy_(z[[0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5], :, 1, 2].float())  # exact hits on copies
+    one = nearest_patches(model, z, y, CPU, batch_size=4)
+    for world in (2, 3, 5):
+        parts = []
+        for r in range(world):
+            a, b = shard_range(len(z), Dist(rank=r, world=world), 4)
+            if b > a:
+                d, img, cell, _, _ = nearest_patches(model, z[a:b], y[a:b], CPU, batch_size=4)
+                parts.append((d, img + a, cell))
+        best = merge_best(*(torch.stack(t) for t in zip(*parts, strict=True)))
+        for got, want in zip(best, one[:3], strict=True):
+            assert torch.equal(got, want), world
+    assert bool(torch.isinf(one[0][9:]).all()) and one[1][9:].tolist() == [0, 0, 0]
