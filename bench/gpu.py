@@ -4,8 +4,8 @@ Steps (each timed on its own; CUDA synchronised around every timer):
   data       synthetic CUB-sized dataset (200 classes, 30 train + 29 test images each, 64 px files:
              the loader resizes them to 224 px, so decoding is cheaper than CUB's JPEGs)
   train      training images/s of ResNet34 at 224 px (joint phase, batch 80, the real `train_epoch`
-             step on an in-memory batch, so the loader is not measured): fp32, then autocast (bf16)
-             + channels_last
+             step on an in-memory batch, so the loader is not measured): fp32 (cuDNN may use TF32,
+             torch's default), then autocast (bf16) + channels_last
   cache      `cache.latents` of train + test at 224 px (the real loader, 8 workers at most)
   push       `push_model` on the cache: 5994 images x 2000 prototypes, 7x7 grid; without pictures,
              then with (16000 PNGs)
@@ -157,7 +157,7 @@ def main() -> None:
             push_mod.write_pictures = real
         timed(rows, "push with pictures", lambda: push_model(run, model, cub, ztr, ytr, device), device)
         model = run.load_model(device)
-        q = ztr[:classes, :, 0, 0].float()
+        q = ztr[:classes, :, 0, 0].float().to(device)
         hist = revise_prototypes(model, ztr, ytr, q, ReviseConfig(epochs=2), gen)
         rows.append(("revision epoch (cache)", f"{hist[-1]['seconds']:.2f} s"))
         print(f"  {rows[-1][0]}: {rows[-1][1]}", flush=True)
@@ -176,8 +176,10 @@ def main() -> None:
         rows.append(("protocli train, 1 joint epoch: plain", f"{plain:.1f} s"))
         rows.append(("  same under torchrun --nproc-per-node 1", f"{one:.1f} s ({one - plain:+.1f} s)"))
         n = torch.cuda.device_count() if device.type == "cuda" else 0
-        if n > 1:
-            many = cli_seconds(py + tr_ + [f"--nproc-per-node={n}", "-m", "protocli"] + train
+        if n > 1:  # --batch-size is the global batch: it must split evenly over the processes
+            many_train = train[:train.index("--batch-size") + 1] + [str(batch - batch % n)] + \
+                train[train.index("--batch-size") + 2:]
+            many = cli_seconds(py + tr_ + [f"--nproc-per-node={n}", "-m", "protocli"] + many_train
                                + ["--run-dir", str(work / f"torchrun{n}")], env)
             rows.append((f"  same under torchrun --nproc-per-node {n}", f"{many:.1f} s"))
         for r in rows[-2:]:
