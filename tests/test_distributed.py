@@ -98,7 +98,9 @@ def test_push_and_evaluate_stages_equal_one_process(job, _tiny_run_master, tmp_p
     assert json.loads((a / "prototypes.json").read_text()) == json.loads((b / "prototypes.json").read_text())
     wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
     _same(sorted(wa.items()), sorted(wb.items()))
-    assert sorted(p.name for p in (b / "heatmaps").iterdir()) == sorted(p.name for p in (a / "heatmaps").iterdir())
+    pics = sorted(f.relative_to(a) for f in a.rglob("*.png"))
+    assert pics and pics == sorted(f.relative_to(b) for f in b.rglob("*.png"))
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in pics)
     for key in ev:
         if key != "run":
             assert r0["evaluate"][key] == ev[key], key
