@@ -115,9 +115,9 @@ def masks(cub, split: str, *, size: int, crop: bool, cache_dir: Path | None) -> 
 
 def min_distances(model, z: torch.Tensor, device: torch.device, batch_size: int = 256) -> torch.Tensor:
     """min over the grid of the squared distances, (N, P) float32 on CPU, for fixed prototypes."""
-    out = []
+    out = torch.empty(len(z), model.num_prototypes)  # filled in place: no heap fragmentation (see push)
     with torch.no_grad():
         for i in range(0, len(z), batch_size):
             d = model.distances(z[i:i + batch_size].to(device).float())
-            out.append(d.flatten(2).min(dim=2).values.cpu())
-    return torch.cat(out) if out else torch.empty(0, model.num_prototypes)
+            out[i:i + batch_size] = d.flatten(2).min(dim=2).values
+    return out
