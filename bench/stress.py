@@ -112,6 +112,7 @@ def main() -> None:
     tmp = args.keep or Path(tempfile.mkdtemp(prefix="protocli-stress-"))
     tmp.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
+    load0 = os.getloadavg()[0]
     peak = Peak()
     try:
         data = tmp / "data"
@@ -154,7 +155,7 @@ def main() -> None:
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     n_tr, n_te = len(ytr), len(yte)
     head = (f"{dt.date.today().isoformat()}, {torch.get_num_threads()} thread(s), OMP_NUM_THREADS="
-            f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, load {os.getloadavg()[0]:.1f} at the end; "
+            f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, load {load0:.1f} at start, {os.getloadavg()[0]:.1f} at the end; "
             f"{args.classes} classes, {n_tr} train + {n_te} test images at {args.img_size} px, "
             f"{mcfg.num_prototypes} prototypes, D = {args.proto_dim}, grid {grid[0]}x{grid[1]}; "
             f"process max RSS {maxrss:.0f} MB")
