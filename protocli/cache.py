@@ -31,12 +31,15 @@ def _key(parts: list[str]) -> str:
 
 
 def latents(model, cub, split: str, *, crop: bool, cache_dir: Path | None, device: torch.device,
-            batch_size: int = 100, workers: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            batch_size: int = 100, workers: int | None = None, dist=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Latent grids and labels of a split: (Z fp16 CPU (N, D, H, W), y long (N,)). Cached on disk.
 
-    Computed in fp32 whatever the training used (`runtime.exact_fp32`), stored in fp16."""
+    Computed in fp32 whatever the training used (`runtime.exact_fp32`), stored in fp16. In a job of
+    several processes (`dist`, default: the current one) each encodes its shard of whole batches,
+    all gather the grids in index order and rank 0 writes the file."""
     from safetensors.torch import load_file, save
 
+    from protocli import distributed
     from protocli.data.cub import ImageSet
     from protocli.data.transforms import eval_transform
     from protocli.files import atomic_write_bytes
@@ -51,7 +54,10 @@ def latents(model, cub, split: str, *, crop: bool, cache_dir: Path | None, devic
         except Exception:  # a damaged cache file is just recomputed
             path.unlink(missing_ok=True)
 
+    dist = dist or distributed.current()
     ds = ImageSet(cub, split, eval_transform(model.cfg.img_size), crop=crop)
+    if dist.on:
+        ds = torch.utils.data.Subset(ds, range(*distributed.shard_range(len(ds), dist, batch_size)))
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False,
                         num_workers=default_workers() if workers is None else workers,
                         pin_memory=device.type == "cuda")
@@ -70,21 +76,26 @@ def latents(model, cub, split: str, *, crop: bool, cache_dir: Path | None, devic
                 zs.append(z.float().half().cpu())
                 ys.append(y)
                 advance(len(y))
-        z, y = torch.cat(zs), torch.cat(ys).long()
+        # inside the autocast-free block: cpu autocast would trip torch.cat on fp16
+        z, y = (torch.cat(zs), torch.cat(ys).long()) if zs else (torch.empty(0), torch.empty(0, dtype=torch.long))
     model.train(was_training)
-    if path is not None:
+    z, y = distributed.gather_rows(z, dist), distributed.gather_rows(y, dist)
+    if path is not None and dist.is_main():
         for old in Path(cache_dir).glob(f"latents-{split}-*.safetensors"):
             old.unlink(missing_ok=True)  # stale: the encoder or data changed
         atomic_write_bytes(path, save({"z": z.contiguous(), "y": y}))
+    distributed.barrier(dist)  # the file is complete before any rank reads it
     return z, y
 
 
 
-def run_latents(run, model, cub, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def run_latents(run, model, cub, device: torch.device,
+                dist=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The cached train and test latents of a run's model: (z_train, y_train, z_test, y_test)."""
-    ztr, ytr = latents(model, cub, "train", crop=run.crop, cache_dir=run.cache_dir, device=device)
-    zte, yte = latents(model, cub, "test", crop=run.crop, cache_dir=run.cache_dir, device=device)
+    ztr, ytr = latents(model, cub, "train", crop=run.crop, cache_dir=run.cache_dir, device=device, dist=dist)
+    zte, yte = latents(model, cub, "test", crop=run.crop, cache_dir=run.cache_dir, device=device, dist=dist)
     return ztr, ytr, zte, yte
+
 
 def masks(cub, split: str, *, size: int, crop: bool, cache_dir: Path | None) -> torch.Tensor:
     """Object masks of a split in input space: bool (N, S, S). Needs a dataset with masks."""
@@ -146,9 +157,9 @@ def grid_masks(cub, split: str, *, grid, crop: bool, cache_dir: Path | None) -> 
 
 def min_distances(model, z: torch.Tensor, device: torch.device, batch_size: int = 256) -> torch.Tensor:
     """min over the grid of the squared distances, (N, P) float32 on CPU, for fixed prototypes."""
-    out = []
+    out = torch.empty(len(z), model.num_prototypes)  # filled in place: no heap fragmentation (see push)
     with torch.no_grad():
         for i in range(0, len(z), batch_size):
             d = model.distances(z[i:i + batch_size].to(device).float())
-            out.append(d.flatten(2).min(dim=2).values.cpu())
-    return torch.cat(out) if out else torch.empty(0, model.num_prototypes)
+            out[i:i + batch_size] = d.flatten(2).min(dim=2).values
+    return out

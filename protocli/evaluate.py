@@ -52,15 +52,35 @@ def object_stats(doc: dict, train_masks: torch.Tensor, train_grid_masks: torch.T
 
 
 def activation_precision(model, z: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, device,
-                         batch_size: int = 16) -> float | None:
+                         batch_size: int = 16, dist=None) -> float | None:
     """Mean over (test image, active own-class prototype) of the share of the top-5% pixels inside the
-    object. Masked prototypes (prototype_mask 0) take no part; None when every prototype is masked."""
+    object. Masked prototypes (prototype_mask 0) take no part; None when every prototype is masked.
+
+    With `dist` (several processes) each rank takes a shard of whole batches; the per-batch sums are
+    gathered in order and added as one process adds them, so the result is the same to the bit."""
+    from protocli import distributed
+
+    dist = dist or distributed.SINGLE
+    a, b = distributed.shard_range(len(z), dist, batch_size)
+    sums = _apr_batch_sums(model, z[a:b], y[a:b], masks[a:b], device, batch_size)
+    sums = distributed.gather_rows(sums, dist)
+    total, count = 0.0, 0
+    for s, c in sums.tolist():
+        total += s
+        count += int(c)
+    return total / count if count else None
+
+
+def _apr_batch_sums(model, z: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, device,
+                    batch_size: int) -> torch.Tensor:
+    """Per batch: (sum of the top-5% object shares, number of (image, active prototype) pairs),
+    float64 (batches, 2)."""
     from protocli.push import percentile_rows, upsample
 
     ppc = model.cfg.prototypes_per_class
     size = masks.shape[-1]
     active = (model.prototype_mask.detach() > 0).to(device)
-    total, count = 0.0, 0
+    out = []
     with torch.no_grad():
         for i in range(0, len(z), batch_size):
             zb, yb = z[i:i + batch_size].to(device).float(), y[i:i + batch_size].to(device)
@@ -74,23 +94,30 @@ def activation_precision(model, z: torch.Tensor, y: torch.Tensor, masks: torch.T
             up = upsample(maps, size)
             top = up >= percentile_rows(up.flatten(1), 95.0)[:, None, None]
             mb = masks[i:i + B].repeat_interleave(ppc, dim=0)[keep]
-            total += float(((top & mb).flatten(1).sum(1) / top.flatten(1).sum(1).clamp(min=1)).sum())
-            count += len(maps)
-    return total / count if count else None
+            out.append((float(((top & mb).flatten(1).sum(1) / top.flatten(1).sum(1).clamp(min=1)).sum()), len(maps)))
+    return torch.tensor(out, dtype=torch.float64).reshape(-1, 2)
 
 
-def evaluate_model(run, model, cub, device, criterion: str = "box", apr: bool = True) -> dict:
-    """All metrics of `model` on the run's data (cached latents). Does not modify anything."""
+def evaluate_model(run, model, cub, device, criterion: str = "box", apr: bool = True, dist=None) -> dict:
+    """All metrics of `model` on the run's data (cached latents). Does not modify anything.
+
+    With `dist` (several processes) the distance and activation-precision work is sharded."""
+    from protocli import distributed
     from protocli.cache import grid_masks, masks, min_distances, run_latents
     from protocli.train import accuracy_from_min_d
 
+    dist = dist or distributed.SINGLE
     crop = run.crop
     model.eval()
     out: dict = {"run": str(run.path)}
-    ztr, ytr, zte, yte = run_latents(run, model, cub, device)
-    md_te = min_distances(model, zte, device)
+    ztr, ytr, zte, yte = run_latents(run, model, cub, device, dist=dist)
+
+    def min_d(z):  # shards of 256 rows: the batches min_distances uses, so the same numbers
+        return distributed.map_rows(lambda a, b: min_distances(model, z[a:b], device), len(z), dist, 256)
+
+    md_te = min_d(zte)
     out["accuracy"] = accuracy_from_min_d(model, md_te, yte)
-    out["train_accuracy"] = accuracy_from_min_d(model, min_distances(model, ztr, device), ytr)
+    out["train_accuracy"] = accuracy_from_min_d(model, min_d(ztr), ytr)
     with torch.no_grad():
         pred = model.classify(md_te.to(device)).argmax(1).cpu()
     K = len(cub.classes)
@@ -125,16 +152,16 @@ def evaluate_model(run, model, cub, device, criterion: str = "box", apr: bool = 
     out["mean_overlap"] = float(st["overlap"][active].mean()) if bool(active.any()) else 0.0
     if apr:
         mte = masks(cub, "test", size=size, crop=crop, cache_dir=run.cache_dir)
-        out["activation_precision"] = activation_precision(model, zte, yte, mte, device)
+        out["activation_precision"] = activation_precision(model, zte, yte, mte, device, dist=dist)
     out["overlap"] = [round(float(v), 4) for v in st["overlap"]]
     out["non_object_prototypes"] = [int(j) for j in torch.nonzero(st[criterion] & active).flatten()]
     return out
 
 
-def evaluate_run(run_dir: Path, criterion: str = "box", device=None, apr: bool = True) -> dict:
+def evaluate_run(run_dir: Path, criterion: str = "box", device=None, apr: bool = True, dist=None) -> dict:
     from protocli.run import Run
 
     device = device or torch.device("cpu")
     run = Run.open(run_dir)
     model = run.load_model(device)
-    return evaluate_model(run, model, run.cub(), device, criterion=criterion, apr=apr)
+    return evaluate_model(run, model, run.cub(), device, criterion=criterion, apr=apr, dist=dist)

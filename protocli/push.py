@@ -27,7 +27,7 @@ from protocli.files import atomic_write_bytes, atomic_write_json
 
 def nearest_patches(model, z: torch.Tensor, y: torch.Tensor, device, batch_size: int = 64,
                     avoid: torch.Tensor | None = None, keep: torch.Tensor | None = None,
-                    margin: float = 0.5, distinct: bool = False, pool: int = 16):
+                    margin: float = 0.5, distinct: bool = False, pool: int = 16, dist=None):
     """For every prototype: the nearest own-class cell over all images.
 
     `avoid` (S, D), the antitypes Q, and `keep` (A, D), the accepted prototype vectors: the user's
@@ -47,15 +47,27 @@ def nearest_patches(model, z: torch.Tensor, y: torch.Tensor, device, batch_size:
 
     Returns (best_dist (P,), best_image (P,), best_cell (P,) flat h*W+w, min_d (N, P), arg_cell (N, P)).
     min_d and arg_cell are the unrestricted minima. Ties keep the first image, as numpy's argmin does
-    in the original code.
+    in the original code. With `dist` (a job of several processes) a plain search (no `avoid`, not
+    `distinct`: the training push) shards the images: see `nearest_patches_sharded`.
     """
+    if dist is not None and dist.on:
+        return nearest_patches_sharded(model, z, y, device, dist, batch_size)
     P = model.num_prototypes
     pcls = model.prototype_class.to(device)
-    all_min, all_arg = [], []
+    if dist is not None and dist.on and avoid is None and not distinct:
+        return nearest_patches_sharded(model, z, y, device, dist, batch_size)
+    P = model.num_prototypes
+    pcls = model.prototype_class.to(device)
+    # Filled in place: appending small per-batch results between the big (B, P, H, W) temporaries
+    # fragments the CPU heap, and the process grew by ~3.5 GB at CUB size (bench/RESULTS.md).
+    all_min = torch.empty(len(z), P)
+    all_arg = torch.empty(len(z), P, dtype=torch.int32)
     q = avoid.to(device, torch.float32) if avoid is not None and len(avoid) else None
     a = keep.to(device, torch.float32) if keep is not None and len(keep) else None
+    k = pool if distinct else 1
     cand_d = torch.full((P, 0), float("inf"), device=device)
     cand_key = torch.zeros((P, 0), dtype=torch.long, device=device)
+    ar = torch.arange(P, device=device)
     HW = 1
     with torch.no_grad():
         for i in range(0, len(z), batch_size):
@@ -63,8 +75,8 @@ def nearest_patches(model, z: torch.Tensor, y: torch.Tensor, device, batch_size:
             d = model.distances(zb).flatten(2)  # (B, P, HW)
             HW = d.shape[2]
             mind, arg = d.min(dim=2)  # (B, P)
-            all_min.append(mind.cpu())
-            all_arg.append(arg.to(torch.int32).cpu())
+            all_min[i:i + len(zb)] = mind.cpu()
+            all_arg[i:i + len(zb)] = arg.cpu()
             if q is not None:
                 cells = zb.flatten(2).transpose(1, 2)  # (B, HW, D)
                 dq = torch.cdist(cells, q[None].expand(len(zb), -1, -1)).square().amin(dim=2)  # (B, HW)
@@ -74,18 +86,25 @@ def nearest_patches(model, z: torch.Tensor, y: torch.Tensor, device, batch_size:
                     ok |= (da < margin * dq)[:, None, :]
                 d = torch.where(ok, d, torch.inf)
             d = torch.where((yb[:, None] == pcls[None, :])[:, :, None], d, torch.inf)
-            # Running per-prototype pool of the nearest candidates; key = global image * HW + cell.
-            # Keys grow with the image index, so a stable sort keeps the first image on ties.
-            flat = d.permute(1, 0, 2).reshape(P, -1)  # (P, B*HW), image-major
-            keys = torch.arange(flat.shape[1], device=device)[None].expand(P, -1) + i * HW
-            cand_d, order = torch.sort(torch.cat([cand_d, flat], 1), dim=1, stable=True)
-            cand_key = torch.cat([cand_key, keys], 1).gather(1, order)
-            k = pool if distinct else 1
-            cand_d, cand_key = cand_d[:, :k].contiguous(), cand_key[:, :k].contiguous()
+            # Candidates of this batch; key = global image * HW + cell. min returns the first minimum,
+            # so k = 1 keeps the first cell, then the first image, on ties.
+            if k == 1:
+                m, c = d.min(dim=2)  # (B, P)
+                bd, bi = m.min(dim=0)  # (P,)
+                bd, bk = bd[:, None], (bi * HW + c[bi, ar] + i * HW)[:, None]
+            else:
+                flat = d.permute(1, 0, 2).reshape(P, -1)  # (P, B*HW), image-major
+                bd, bk = torch.topk(flat, min(k, flat.shape[1]), dim=1, largest=False, sorted=True)
+                bk = bk + i * HW
+            # Running pool ordered by (distance, key): earlier images win ties.
+            md, mk = torch.cat([cand_d, bd], 1), torch.cat([cand_key, bk], 1)
+            o = torch.argsort(mk, dim=1)
+            md, mk = md.gather(1, o), mk.gather(1, o)
+            o = torch.argsort(md, dim=1, stable=True)
+            cand_d, cand_key = md.gather(1, o)[:, :k].contiguous(), mk.gather(1, o)[:, :k].contiguous()
     choice = distinct_choice(cand_d, cand_key) if distinct else torch.zeros(P, dtype=torch.long, device=device)
-    ar = torch.arange(P, device=device)
     best_d, key = cand_d[ar, choice], cand_key[ar, choice]
-    return (best_d.cpu(), (key // HW).cpu(), (key % HW).cpu(), torch.cat(all_min), torch.cat(all_arg))
+    return best_d.cpu(), (key // HW).cpu(), (key % HW).cpu(), all_min, all_arg
 
 
 def distinct_choice(cand_d: torch.Tensor, cand_key: torch.Tensor) -> torch.Tensor:
@@ -147,6 +166,42 @@ def k_nearest_patches(model, z: torch.Tensor, k: int, device, own=None, batch_si
             top_d, pick = torch.topk(d, min(k, len(d)), dim=0, largest=False, sorted=True)
             top_i, top_c = n.gather(0, pick), c.gather(0, pick)
     return top_d.clamp(min=0).cpu(), top_i.cpu(), top_c.cpu()
+
+
+def nearest_patches_sharded(model, z: torch.Tensor, y: torch.Tensor, device, dist, batch_size: int = 64):
+    """`nearest_patches` with the images split over the processes of `dist`; every rank gets the result.
+
+    Each rank searches its shard (whole batches, so its distances are those of one process), then all
+    gather every prototype's (distance, global image index, cell) and keep the smallest distance, then
+    the smallest image index, then the smallest cell: exactly one process's first-found rule. The
+    (N, P) minima and their cells are gathered in image order for the nearest-patch lists.
+    """
+    from protocli import distributed
+
+    a, b = distributed.shard_range(len(z), dist, batch_size)
+    if b > a:
+        d, img, cell, min_d, arg = nearest_patches(model, z[a:b], y[a:b], device, batch_size)
+    else:  # fewer batches than ranks: nothing to search here
+        P = model.num_prototypes
+        d, img, cell = torch.full((P,), float("inf")), torch.zeros(P, dtype=torch.long), torch.zeros(P, dtype=torch.long)
+        min_d, arg = torch.empty(0, P), torch.empty(0, P, dtype=torch.int32)
+    best = merge_best(distributed.all_gather_tensor(d, dist), distributed.all_gather_tensor(img + a, dist),
+                      distributed.all_gather_tensor(cell, dist))
+    return (*best, distributed.gather_rows(min_d, dist), distributed.gather_rows(arg, dist))
+
+
+def merge_best(d: torch.Tensor, img: torch.Tensor, cell: torch.Tensor):
+    """Shards' bests (S, P) each -> per prototype the smallest distance, then the smallest global image
+    index, then the smallest cell: (best_d, best_image, best_cell), each (P,)."""
+    big = torch.iinfo(torch.long).max
+    best_d = d.min(0).values
+    cand = d == best_d  # inf == inf: a prototype without own-class images ties everywhere
+    img_min = torch.where(cand, img, big).min(0).values
+    cand &= img == img_min
+    cell_min = torch.where(cand, cell, big).min(0).values
+    # No own-class image anywhere: one process reports image 0, cell 0; so does this.
+    found = torch.isfinite(best_d)
+    return best_d, torch.where(found, img_min, 0), torch.where(found, cell_min, 0)
 
 
 def percentile_rows(x: torch.Tensor, q: float) -> torch.Tensor:
@@ -246,20 +301,25 @@ BOX_MAPS = ("before", "after")
 
 def push_model(run, model, cub, z: torch.Tensor, y: torch.Tensor, device, k: int = 5,
                box_map: str = "before", avoid: torch.Tensor | None = None, keep: torch.Tensor | None = None,
-               margin: float = 0.5, distinct: bool = False) -> dict:
+               margin: float = 0.5, distinct: bool = False, dist=None) -> dict:
     """The push stage on cached latents `z` of the train split. Commits a NNN-push stage.
 
     `box_map` picks the activation map behind each prototype's box and heatmap, both on the image it
     is pushed to: "before" is the map of the prototype vector before projection (the original
     ProtoPNet's push), "after" the map of the projected vector (which peaks at the pushed cell).
+    With `dist` (default: the current job) the search is sharded and every rank ends with the same
+    prototypes; rank 0 alone writes the stage.
     """
+    from protocli import distributed
+
+    dist = dist or distributed.current()
     if box_map not in BOX_MAPS:
         raise BadInput(f"--box-map {box_map}: expected before or after")
     t0 = time.perf_counter()
     size, crop = model.cfg.img_size, run.crop
     H, W = z.shape[2], z.shape[3]
     best_d, best_img, best_cell, _, _ = nearest_patches(model, z, y, device, avoid=avoid, keep=keep, margin=margin,
-                                                        distinct=distinct)
+                                                        distinct=distinct, dist=dist)
     found = torch.isfinite(best_d)
     if not bool(found.all()):
         missing = sorted({int(c) for c in model.prototype_class[~found]})
@@ -302,13 +362,16 @@ def push_model(run, model, cub, z: torch.Tensor, y: torch.Tensor, device, k: int
                         for r in range(kk)],
         })
     unique = int((dup_of == torch.arange(len(dup_of))).sum())
-    with run.stage("push") as st:
-        doc = {"version": 1, "push": st.id, "img_size": size, "grid": [H, W], "crop": crop, "box_map": box_map,
-               "classes": list(cub.classes), "prototypes": protos}
-        atomic_write_json(st.dir / "prototypes.json", doc)
-        n_pics = write_pictures(st.dir, protos, maps, cub, size, crop)
-        st.save_model(model)
-        st.info.update(prototypes=model.num_prototypes, unique=unique, box_map=box_map, mean_distance=float(best_d[found].mean()))
+    n_pics = 0
+    with distributed.stage(run, "push", dist) as st:
+        if st.main:  # the other ranks hold the same prototypes and wait at the stage's end
+            doc = {"version": 1, "push": st.id, "img_size": size, "grid": [H, W], "crop": crop, "box_map": box_map,
+                   "classes": list(cub.classes), "prototypes": protos}
+            atomic_write_json(st.dir / "prototypes.json", doc)
+            n_pics = write_pictures(st.dir, protos, maps, cub, size, crop)
+            st.save_model(model)
+        st.info.update(prototypes=model.num_prototypes, unique=unique, box_map=box_map,
+                       mean_distance=float(best_d[found].mean()))
         push_id = st.id
     if unique < model.num_prototypes:
         warn(f"{model.num_prototypes - unique} prototypes share a patch with another prototype")
@@ -346,7 +409,7 @@ def write_pictures(folder: Path, protos: list[dict], maps: torch.Tensor, cub, si
         return sum(ex.map(one, protos))
 
 
-def push_run(run_dir: Path, device, box_map: str = "before") -> dict:
+def push_run(run_dir: Path, device, box_map: str = "before", dist=None) -> dict:
     """Open a run, push its prototypes on the cached train latents and commit a push stage."""
     from protocli.cache import latents
     from protocli.run import Run
@@ -356,5 +419,5 @@ def push_run(run_dir: Path, device, box_map: str = "before") -> dict:
     run = Run.open(run_dir)
     model = run.load_model(device)
     cub = run.cub()
-    z, y = latents(model, cub, "train", crop=run.crop, cache_dir=run.cache_dir, device=device)
-    return push_model(run, model, cub, z, y, device, box_map=box_map)
+    z, y = latents(model, cub, "train", crop=run.crop, cache_dir=run.cache_dir, device=device, dist=dist)
+    return push_model(run, model, cub, z, y, device, box_map=box_map, dist=dist)

@@ -57,6 +57,7 @@ class TrainConfig:
     channels_last: bool = True
     workers: int | None = None
     seed: int = 0
+    sync_bn: bool = False  # several CUDA processes: BatchNorm statistics over the global batch
     recipe: str = "paper"  # recorded in the run's manifest; the fields above are what counts
 
     def coefs(self) -> dict:

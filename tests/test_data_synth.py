@@ -78,6 +78,10 @@ def test_attributes_are_shared_evenly(small):
 def test_more_classes():
     assert attribute_counts(8) == (2, 2, 2) and attribute_counts(16) == (2, 2, 2, 2)
     assert attribute_counts(12) == (3, 2, 2) and attribute_counts(4) == (2, 2, 2)
+    assert attribute_counts(81) == (3, 3, 3, 3) and attribute_counts(200) == (3, 3, 3, 3, 3)  # CUB's 200: + beak
+    cub = class_table(200)
+    assert len({r["class"] for r in cub}) == 200 and {r["beak"] for r in cub} == {"orange", "black", "white"}
+    assert "beak" not in class_table(81)[0]  # up to 81 classes the tables (and files) are as before
     table = class_table(16)
     assert len({r["class"] for r in table}) == 16 and table[0]["class"].count("_") == 3
     assert len({(r["background"]["pattern"], r["background"]["hue"]) for r in table}) == 16
@@ -85,7 +89,7 @@ def test_more_classes():
     for attr in ("head", "wing", "tail"):  # a balanced subset: each value used twice
         assert sorted(Counter(r[attr] for r in four).values()) == [2, 2]
     with pytest.raises(BadInput, match="attribute combinations"):
-        class_table(82)
+        class_table(244)
 
 
 def test_confounding(tmp_path):

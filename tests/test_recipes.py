@@ -61,7 +61,7 @@ def test_cli_train_builds_the_recipe_config(monkeypatch, tmp_path):
 
     seen = {}
 
-    def fake_train_run(data, run, cfg, device, resume=False):
+    def fake_train_run(data, run, cfg, device, resume=False, dist=None):
         seen["cfg"] = cfg
         return {"run": str(run)}
 

@@ -106,7 +106,8 @@ def pretrain(
 @app.command()
 def train(
     data: Path = typer.Argument(..., help="Dataset root in the CUB-200-2011 layout."),
-    run: Path = typer.Option(..., "--run", help="Run folder to create (or continue with --resume)."),
+    run: Path = typer.Option(..., "--run", "--run-dir", help="Run folder to create (or continue with --resume). "
+                             "Under torchrun write --run-dir: torchrun takes --run for its own --run-path."),
     backbone: str = typer.Option("resnet34", help="resnet18..152, vgg11..19[_bn], densenet121..201, tiny; "
                                  "a ResNet cut early as e.g. resnet18@layer3."),
     pretrained: bool = typer.Option(False, help="Start the backbone from torchvision's ImageNet weights."),
@@ -143,17 +144,21 @@ def train(
     amp: bool = typer.Option(True, "--amp/--no-amp", help="CUDA only: autocast (bf16 where supported)."),
     channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last", help="CUDA only: NHWC memory."),
     workers: int | None = typer.Option(None, help="DataLoader workers (default: from the CPU count)."),
+    sync_bn: bool = typer.Option(False, "--sync-bn", help="Under torchrun on CUDA: BatchNorm statistics over "
+                                 "the global batch (default: each process's own, as DataParallel)."),
     seed: int = SEED_OPT,
     resume: bool = typer.Option(False, help="Continue an interrupted training of --run from its checkpoint."),
     wait: bool = WAIT_OPT,
     as_json: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
 ):
-    """Train the baseline ProtoPNet: warm -> joint -> push -> last layer."""
+    """Train the baseline ProtoPNet: warm -> joint -> push -> last layer.
+
+    Several GPUs: torchrun --nproc-per-node N -m protocli train ... (--batch-size is the global batch)."""
 
     def go():
+        from protocli import distributed
         from protocli.recipes import make_config
-        from protocli.runtime import pick_device
         from protocli.train import train_run
 
         cfg = make_config(
@@ -162,11 +167,12 @@ def train(
             warm_epochs=warm_epochs, joint_epochs=joint_epochs, last_epochs=last_epochs, batch_size=batch_size,
             lr_features=lr_features, lr_add_on=lr_add_on, lr_prototypes=lr_prototypes, lr_last=lr_last,
             weight_decay=weight_decay, lr_step=lr_step, clst=clst, sep=sep, l1=l1, crop=crop, augment=augment,
-            stop_after=stop_after, amp=amp, channels_last=channels_last, workers=workers, seed=seed,
+            stop_after=stop_after, amp=amp, channels_last=channels_last, workers=workers, seed=seed, sync_bn=sync_bn,
         )
-        return train_run(data, run, cfg, device=pick_device(device), resume=resume)
+        dist, dev = distributed.setup(device)
+        return train_run(data, run, cfg, device=dev, resume=resume, dist=dist)
 
-    execute(go, as_json, quiet, kv("training"), lock=run, wait=wait, new_run=True)
+    execute(go, as_json, quiet, kv("training"), lock=run, wait=wait, new_run=True, spread=True)
 
 
 @app.command()
@@ -184,12 +190,13 @@ def push(
     """Project every prototype onto its nearest own-class training patch; write its pictures."""
 
     def go():
+        from protocli import distributed
         from protocli.push import push_run
-        from protocli.runtime import pick_device
 
-        return push_run(run, device=pick_device(device), box_map=box_map)
+        dist, dev = distributed.setup(device)
+        return push_run(run, device=dev, dist=dist, box_map=box_map)
 
-    execute(go, as_json, quiet, kv("push"), lock=run, wait=wait)
+    execute(go, as_json, quiet, kv("push"), lock=run, wait=wait, spread=True)
 
 
 @app.command()
@@ -234,9 +241,10 @@ def evaluate(
     """Accuracy, prototype counts and (with masks) object overlap of the prototypes. Changes nothing."""
 
     def go():
+        from protocli import distributed
         from protocli.evaluate import evaluate_run
-        from protocli.runtime import pick_device
 
-        return evaluate_run(run, criterion=criterion.value, device=pick_device(device))
+        dist, dev = distributed.setup(device)
+        return evaluate_run(run, criterion=criterion.value, device=dev, dist=dist)
 
-    execute(go, as_json, quiet, kv("evaluation"))
+    execute(go, as_json, quiet, kv("evaluation"), spread=True)

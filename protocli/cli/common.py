@@ -76,13 +76,18 @@ class Reduce(str, Enum):
 
 
 def execute(fn: Callable[[], dict], as_json: bool, quiet: bool, show: Callable[[dict], Any] | None = None,
-            lock: Path | None = None, wait: bool = False, new_run: bool = False):
+            lock: Path | None = None, wait: bool = False, new_run: bool = False, spread: bool = False):
     """Run a stage and map its outcome to output and exit codes.
 
     `lock`: the run this command changes; its lock is held while `fn` runs (exit 2 naming the holder
     when another process has it, or wait for it with `wait`). `new_run`: the folder may not exist
-    yet (train): it is created to hold the lock, and removed again if no run was made. Messages are printed without markup,
-    so a path like `runs/x[old]` comes out as it is.
+    yet (train): it is created to hold the lock, and removed again if no run was made. Messages are
+    printed without markup, so a path like `runs/x[old]` comes out as it is.
+
+    Under torchrun with several processes, a command that can share its work (`spread`) runs on every
+    process; any other command runs on rank 0 alone while the others exit at once. Only rank 0 holds
+    the lock (only it writes) and prints the result, and a failure anywhere ends every process with
+    one line and one exit code.
     """
     from protocli.console import QUIET, console
     from protocli.errors import BadInput
@@ -91,32 +96,63 @@ def execute(fn: Callable[[], dict], as_json: bool, quiet: bool, show: Callable[[
 
     QUIET["on"] = quiet
     done_before = len(COMMITTED)
-
-    def say(label: str, style: str, text: str) -> None:
-        from rich.text import Text
-
-        console.print(Text.assemble((label, style), text), highlight=False, soft_wrap=True)
-
+    team = _team()
+    if team is not None and not spread and team.env_rank() != 0:
+        return {}
+    locked = lock is not None and (team is None or team.env_rank() == 0)
     try:
-        result = _locked(fn, lock, wait, new_run) if lock is not None else fn()
+        result = _locked(fn, lock, wait, new_run) if locked else fn()
+        if team is not None and spread:
+            team.finish()
     except BadInput as e:
-        say("error: ", "red", str(e))
-        raise typer.Exit(2) from None
+        _end(team, 2, console, "error: ", "red", str(e))
     except KeyboardInterrupt:
-        say("interrupted: ", "yellow", interrupted_message(COMMITTED[done_before:]))
-        raise typer.Exit(130) from None
+        _end(team, 130, console, "interrupted: ", "yellow", interrupted_message(COMMITTED[done_before:]))
     except typer.Exit:
         raise
     except Exception as e:  # anything else is our failure: exit 1, traceback on request
         if os.environ.get("PROTOCLI_DEBUG"):
             raise
-        say("failed: ", "red", f"{type(e).__name__}: {e} (set PROTOCLI_DEBUG=1 for the traceback)")
-        raise typer.Exit(1) from None
+        _end(team, 1, console, "failed: ", "red", f"{type(e).__name__}: {e} (set PROTOCLI_DEBUG=1 for the traceback)")
+    if team is not None and team.env_rank() != 0:
+        return result
     if show is not None and not quiet:
         show(result)
     if as_json:
         sys.stdout.write(dumps(result, indent=1, default=str) + "\n")
     return result
+
+
+def _team():
+    """protocli.distributed when torchrun started several processes, else None (and torch stays unimported)."""
+    try:
+        several = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+    except ValueError:
+        several = False
+    if not several:
+        return None
+    from protocli import distributed
+
+    return distributed
+
+
+def _end(team, code: int, console, label: str, style: str, text: str):
+    """Print the one line (plain text after a styled label) and exit with `code`; in a job of several
+    processes only the first to fail speaks, and every process exits with its code."""
+    from rich.text import Text
+
+    def say(label: str, text: str) -> None:
+        console.print(Text.assemble((label, style), text), highlight=False, soft_wrap=True)
+
+    if team is None:
+        say(label, text)
+        raise typer.Exit(code) from None
+    code, who = team.fail(code)
+    if who == "own":
+        say(label, text)
+    elif who == "peer":
+        say("failed: ", "another process of this job ended first (its message, if any, is above)")
+    team.exit_now(code)
 
 
 def _locked(fn: Callable[[], dict], run: Path, wait: bool, new_run: bool) -> dict:

@@ -99,13 +99,17 @@ def mask(
     """Masking condition: rejected prototypes stop voting, then the last layer is retrained."""
 
     def go():
+        from protocli import distributed
         from protocli.mask import mask_run
-        from protocli.runtime import pick_device, seed_everything
+        from protocli.runtime import seed_everything
 
+        dist, dev = distributed.setup(device)
+        if not distributed.share_cache(run, dist, dev):
+            return {}
         return mask_run(run, antitypes=antitypes, last_epochs=last_epochs, lr_last=lr_last, out=out,
-                        device=pick_device(device), generator=seed_everything(seed))
+                        device=dev, generator=seed_everything(seed))
 
-    execute(go, as_json, quiet, kv("masking"), lock=None if out else run, wait=wait)
+    execute(go, as_json, quiet, kv("masking"), lock=None if out else run, wait=wait, spread=True)
 
 
 # Revise settings, shared by `revise` and `rounds` (the fields of ReviseConfig but `epochs`, whose help
@@ -172,20 +176,24 @@ def revise(
     """Revise prototypes away from the antitypes (Refine loss), then push and fine-tune the last layer."""
 
     def go():
+        from protocli import distributed
         from protocli.cli.config import read_optional, revise_config
         from protocli.revise import revise_run
-        from protocli.runtime import pick_device, seed_everything
+        from protocli.runtime import seed_everything
 
         from_file, _ = read_optional(config)
         cfg = revise_config(ctx, from_file, _revise_options(
             epochs=epochs, lam_refine=lam_refine, lam_con=lam_con, lam_l1=lam_l1, lam_clst=lam_clst,
             lam_sep=lam_sep, refine_distance=refine_distance, refine_reduce=refine_reduce,
             lr_prototypes=lr_prototypes, lr_kept=lr_kept, lr_last=lr_last, last_epochs=last_epochs,
-            batch_size=batch_size, push_avoid=push_avoid, push_margin=push_margin, push_distinct=push_distinct, box_map=box_map))
-        return revise_run(run, cfg, antitypes=antitypes, out=out, device=pick_device(device),
-                          generator=seed_everything(seed))
+            batch_size=batch_size, push_avoid=push_avoid, push_margin=push_margin, push_distinct=push_distinct,
+            box_map=box_map))
+        dist, dev = distributed.setup(device)
+        if not distributed.share_cache(run, dist, dev):
+            return {}
+        return revise_run(run, cfg, antitypes=antitypes, out=out, device=dev, generator=seed_everything(seed))
 
-    execute(go, as_json, quiet, kv("revision"), lock=None if out else run, wait=wait)
+    execute(go, as_json, quiet, kv("revision"), lock=None if out else run, wait=wait, spread=True)
 
 
 @app.command()
@@ -230,24 +238,28 @@ def rounds(
     """Iterative prototype revision, Algorithm 1 of the paper: push, consult the user, revise; repeated."""
 
     def go():
+        from protocli import distributed
         from protocli.cli.config import merged, read_optional, revise_config
         from protocli.rounds import rounds_run
-        from protocli.runtime import pick_device, seed_everything
+        from protocli.runtime import seed_everything
 
         from_file, rounds_file = read_optional(config)
         cfg = revise_config(ctx, from_file, _revise_options(
             epochs=epochs, lam_refine=lam_refine, lam_con=lam_con, lam_l1=lam_l1, lam_clst=lam_clst,
             lam_sep=lam_sep, refine_distance=refine_distance, refine_reduce=refine_reduce,
             lr_prototypes=lr_prototypes, lr_kept=lr_kept, lr_last=lr_last, last_epochs=last_epochs,
-            batch_size=batch_size, push_avoid=push_avoid, push_margin=push_margin, push_distinct=push_distinct, box_map=box_map))
+            batch_size=batch_size, push_avoid=push_avoid, push_margin=push_margin, push_distinct=push_distinct,
+            box_map=box_map))
         r = merged(ctx, rounds_file, {"n_rounds": n_rounds, "criterion": criterion.value,
                                       "finally_mask": finally_mask, "final_last_epochs": final_last_epochs},
                    keys={"n_rounds": "rounds", "finally_mask": "final_mask"})
+        dist, dev = distributed.setup(device)
+        if not distributed.share_cache(run, dist, dev):
+            return {}
         return rounds_run(run, n_rounds=r["n_rounds"], user=user.value, epochs=cfg.epochs, criterion=r["criterion"],
                           final_mask=r["finally_mask"], final_last_epochs=r["final_last_epochs"],
-                          ask=_tui(graphics.value) if user == User.tui else None, out=out, device=pick_device(device),
-                          generator=seed_everything(seed), cfg=cfg,
-                          order=order.value, look_alikes=look_alikes)
+                          ask=_tui(graphics.value) if user == User.tui else None, out=out, device=dev,
+                          generator=seed_everything(seed), cfg=cfg, order=order.value, look_alikes=look_alikes)
 
     def show(result):
         from protocli.console import print_table
@@ -258,4 +270,4 @@ def rounds(
         rows = result.get("rounds", [])
         print_table("rounds", rows, [c for c in cols if rows and c in rows[0]])
 
-    execute(go, as_json, quiet, show, lock=None if out else run, wait=wait)
+    execute(go, as_json, quiet, show, lock=None if out else run, wait=wait, spread=True)

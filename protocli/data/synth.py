@@ -42,11 +42,13 @@ from PIL import Image, ImageDraw
 from protocli.errors import BadInput
 
 ATTRIBUTES = (("head", ("red", "blue", "yellow")), ("wing", ("striped", "dotted", "checked")),
-              ("tail", ("fan", "fork", "square")), ("body", ("cream", "grey", "brown")))
+              ("tail", ("fan", "fork", "square")), ("body", ("cream", "grey", "brown")),
+              ("beak", ("orange", "black", "white")))  # the beak varies only beyond 81 classes
 HEAD = {"red": (225, 35, 35), "blue": (35, 85, 235), "yellow": (245, 205, 25)}
 BODY = {"cream": (238, 226, 198), "grey": (150, 152, 160), "brown": (150, 95, 55)}
 DARK, LIGHT = (25, 25, 35), (250, 250, 240)            # wing pattern colours
 TAIL, BEAK, EYE, OUTLINE = (60, 66, 88), (250, 150, 30), (10, 10, 10), (15, 15, 20)
+BEAKS = {"orange": BEAK, "black": (30, 30, 30), "white": (245, 245, 245)}
 PATTERNS = ("stripes", "checker", "dots", "waves", "blobs", "grid", "rings", "speckle")
 BODY_LEN = 0.36            # body length L as a fraction of the image side (at scale 1)
 MARGIN = (0.15, 0.35)      # loose box: margin per side as a fraction of the object's width/height
@@ -55,11 +57,11 @@ PART_IDS = {"tail": 1, "body": 2, "wing": 3, "head": 4, "beak": 5, "eye": 6}
 
 # ----------------------------------------------------------------------------------- classes
 def attribute_counts(classes: int) -> tuple[int, ...]:
-    """Fewest attribute combinations >= classes: 3 binary attributes for 8, 4 for 16, ..."""
-    options = [c for n in (3, 4) for c in itertools.product((3, 2), repeat=n) if list(c) == sorted(c)[::-1]]
+    """Fewest attribute combinations >= classes: 3 binary attributes for 8, 4 for 16, ... (5 from 82 on)."""
+    options = [c for n in (3, 4, 5) for c in itertools.product((3, 2), repeat=n) if list(c) == sorted(c)[::-1]]
     fits = [c for c in options if math.prod(c) >= classes]
     if not fits:
-        raise BadInput(f"--classes {classes} is more than the {math.prod((3,) * 4)} attribute combinations "
+        raise BadInput(f"--classes {classes} is more than the {math.prod((3,) * 5)} attribute combinations "
                        "the synthetic birds have")
     return min(fits, key=lambda c: (math.prod(c), len(c)))
 
@@ -78,7 +80,7 @@ def class_table(classes: int) -> list[dict]:
             usage[a][v] += 1
     table = []
     for combo in sorted(chosen):
-        used = list(zip(ATTRIBUTES, combo, strict=False))  # 3 or 4 attributes
+        used = list(zip(ATTRIBUTES, combo, strict=False))  # 3, 4 or 5 attributes
         row = {name: values[v] for (name, values), v in used}
         row.setdefault("body", "cream")
         label = len(table)
@@ -208,7 +210,7 @@ def render(row: dict, bg_spec: dict, size: int, rng: np.random.Generator):
     img[wy, wx] = np.where(dark[:, None], DARK, LIGHT)
     jitter = rng.uniform(0.92, 1.08, 3)                       # per-image shade of head, body, tail
     colours = {1: np.array(TAIL) * jitter[2], 2: np.array(BODY[row["body"]]) * jitter[1],
-               4: np.array(HEAD[row["head"]]) * jitter[0], 5: np.array(BEAK), 6: np.array(EYE)}
+               4: np.array(HEAD[row["head"]]) * jitter[0], 5: np.array(BEAKS[row.get("beak", "orange")]), 6: np.array(EYE)}
     for pid, col in colours.items():
         img[ids == pid] = col
     mask = ids > 0
