@@ -12,11 +12,12 @@ the confound and determinism work the same way.
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from protocli.errors import BadInput
 
 ATTRIBUTES = (("petals", ("pink", "violet", "white")), ("shape", ("round", "narrow", "pointed")),
               ("centre", ("solid", "dotted", "ringed")), ("leaves", ("one", "two", "none")))
@@ -30,20 +31,13 @@ PART_IDS = {"stem": 1, "leaf": 2, "petal": 3, "centre": 4}
 
 def class_table(classes: int) -> list[dict]:
     """Attribute values per class, every value used about evenly (same rule as the birds)."""
-    from protocli.data.synth import attribute_counts
+    from protocli.data.synth import combinations
 
-    counts = attribute_counts(classes)
-    usage = [[0] * n for n in counts]
-    left, chosen = list(itertools.product(*(range(n) for n in counts))), []
-    while len(chosen) < classes:
-        best = min(left, key=lambda c: (max(usage[a][v] for a, v in enumerate(c)),
-                                        sum(usage[a][v] ** 2 for a, v in enumerate(c)), c))
-        left.remove(best)
-        chosen.append(best)
-        for a, v in enumerate(best):
-            usage[a][v] += 1
+    limit = math.prod(len(values) for _, values in ATTRIBUTES)
+    if classes > limit:
+        raise BadInput(f"--classes {classes} is more than the {limit} attribute combinations the flowers have")
     table = []
-    for combo in sorted(chosen):
+    for combo in combinations(classes):
         used = list(zip(ATTRIBUTES, combo, strict=False))
         row = {name: values[v] for (name, values), v in used}
         row.setdefault("leaves", "one")

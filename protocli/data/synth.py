@@ -66,8 +66,9 @@ def attribute_counts(classes: int) -> tuple[int, ...]:
     return min(fits, key=lambda c: (math.prod(c), len(c)))
 
 
-def class_table(classes: int) -> list[dict]:
-    """Attribute values per class, chosen deterministically so every value is used evenly."""
+def combinations(classes: int) -> list[tuple[int, ...]]:
+    """One combination of attribute value indices per class, chosen deterministically so that every
+    value is used evenly (shared by every family of `data synth`)."""
     counts = attribute_counts(classes)
     usage = [[0] * n for n in counts]
     left, chosen = list(itertools.product(*(range(n) for n in counts))), []
@@ -78,8 +79,13 @@ def class_table(classes: int) -> list[dict]:
         chosen.append(best)
         for a, v in enumerate(best):
             usage[a][v] += 1
+    return sorted(chosen)
+
+
+def class_table(classes: int) -> list[dict]:
+    """Attribute values per class, chosen deterministically so every value is used evenly."""
     table = []
-    for combo in sorted(chosen):
+    for combo in combinations(classes):
         used = list(zip(ATTRIBUTES, combo, strict=False))  # 3, 4 or 5 attributes
         row = {name: values[v] for (name, values), v in used}
         row.setdefault("body", "cream")
