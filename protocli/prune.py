@@ -30,7 +30,7 @@ LAST_EPOCHS = 100  # the original's last-layer epochs after pruning
 
 def prune_candidates(model, z: torch.Tensor, y: torch.Tensor, device, k: int = K, threshold: int = THRESHOLD):
     """(prune flags (P,) bool, own-class counts among the k nearest (P,), nearest images (k, P))."""
-    from protocli.push import k_nearest_patches
+    from protocli.nearest import k_nearest_patches
 
     k = min(k, len(z))
     _, img, _ = k_nearest_patches(model, z, k, device)

@@ -17,7 +17,8 @@ from protocli import distributed
 from protocli.cache import latents, masks
 from protocli.console import QUIET
 from protocli.evaluate import activation_precision, evaluate_run
-from protocli.push import nearest_patches, push_run
+from protocli.nearest import nearest_patches
+from protocli.push import push_run
 from protocli.run import Run
 from protocli.train import TrainConfig, train_run
 

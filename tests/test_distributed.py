@@ -21,7 +21,8 @@ from safetensors.torch import load_file
 
 from protocli.cache import latents, masks
 from protocli.evaluate import activation_precision, evaluate_run
-from protocli.push import nearest_patches, push_run
+from protocli.nearest import nearest_patches
+from protocli.push import push_run
 from protocli.run import Run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -234,7 +235,7 @@ def test_merging_shard_bests_is_the_single_process_first_found_rule(one_thread):
     """Duplicated images make exact ties inside and across shards; one class has no image at all."""
     from protocli.distributed import Dist, shard_range
     from protocli.model import ModelConfig, build_model
-    from protocli.push import merge_best
+    from protocli.nearest import merge_best
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(backbone="tiny", num_classes=4, prototypes_per_class=3, proto_dim=8, img_size=32))

@@ -12,7 +12,8 @@ FILES = [*ROOT.glob("*.md"), *ROOT.glob("docs/*.md"), *ROOT.glob("data/*.md"), *
 def test_no_reference_points_outside_the_repository():
     for path in FILES:
         text = path.read_text(encoding="utf-8")
-        for bad in ("DESIGN.md", "metrics.md", "../shared", "shared/notes", "shared/reference"):
+        # spelled in pieces so that this file does not match its own search
+        for bad in ("DESIGN" + ".md", "metrics" + ".md", ".." + "/shared", "shared" + "/notes", "shared" + "/reference"):
             assert bad not in text, f"{path.relative_to(ROOT)} cites {bad}"
 
 

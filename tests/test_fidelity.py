@@ -199,7 +199,7 @@ def test_pil_default_resize_filter_is_bicubic_for_grey_images():
 def test_k_nearest_patches_brute_force():
     """Per prototype, the k images whose closest cell is nearest (any class), as the original's analysis."""
     from protocli.model import ModelConfig, build_model
-    from protocli.push import k_nearest_patches
+    from protocli.nearest import k_nearest_patches
 
     torch.manual_seed(3)
     model = build_model(ModelConfig(backbone="tiny", num_classes=3, prototypes_per_class=2, proto_dim=5, img_size=32))

@@ -11,8 +11,8 @@ from protocli.data.cub import open_cub
 from protocli.data.synth import synth
 from protocli.errors import BadInput
 from protocli.model import ModelConfig, build_model
+from protocli.nearest import distinct_choice, nearest_patches
 from protocli.pretrain import pretrain
-from protocli.push import distinct_choice, nearest_patches
 from protocli.recipes import FINETUNE, PAPER, TINY, make_config
 
 

@@ -5,7 +5,8 @@ import torch
 
 from protocli.evaluate import box_overlap
 from protocli.model import ModelConfig, build_model
-from protocli.push import high_activation_boxes, nearest_patches, percentile_rows, upsample
+from protocli.nearest import nearest_patches
+from protocli.push import high_activation_boxes, percentile_rows, upsample
 
 
 def test_percentile_rows_matches_numpy():

@@ -29,7 +29,7 @@ def _check_type(key: str, value, want: type, path: Path):
 
 
 def _field_types() -> dict[str, type]:
-    from protocli.revise import ReviseConfig
+    from protocli.revise_config import ReviseConfig
 
     out = {}
     for f in dataclasses.fields(ReviseConfig):
@@ -69,7 +69,7 @@ def read_config(path: Path) -> tuple[dict, dict]:
             raise BadInput(f"unknown key {key!r} (known: {', '.join(types)} and a rounds table)", path)
     if rounds.get("criterion", "box") not in ("box", "cell"):
         raise BadInput(f"rounds.criterion = {rounds['criterion']!r}: expected box or cell", path)
-    from protocli.revise import ReviseConfig
+    from protocli.revise_config import ReviseConfig
 
     try:
         ReviseConfig(**revise).check()  # the file's values on their own, so the fault names the file
@@ -100,7 +100,7 @@ def merged(ctx: typer.Context, from_file: dict, options: dict, keys: dict | None
 
 def revise_config(ctx: typer.Context, from_file: dict, options: dict):
     """ReviseConfig from the defaults, the file's settings, then the options given on the command line."""
-    from protocli.revise import ReviseConfig
+    from protocli.revise_config import ReviseConfig
 
     return ReviseConfig(**(from_file | merged(ctx, from_file, options)))
 
