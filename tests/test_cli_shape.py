@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
 import subprocess
 import sys
 from importlib.metadata import version
@@ -28,3 +31,64 @@ def test_help_offers_version_and_completion():
     assert res.exit_code == 0
     for opt in ("--version", "--install-completion", "--show-completion"):
         assert opt in res.output
+
+
+# -- protocli status ---------------------------------------------------------------------------------
+def _status(run, *extra):
+    res = runner.invoke(app, ["status", str(run), "--json", "--quiet", *extra])
+    return res, (json.loads(res.stdout) if res.exit_code == 0 else None)
+
+
+def test_status_lists_stages_pushes_decisions_and_metrics(tiny_run, decide):
+    manifest = json.loads((tiny_run / "manifest.json").read_text())
+    res, st = _status(tiny_run)
+    assert res.exit_code == 0, res.output
+    assert [s["id"] for s in st["stages"]] == [s["id"] for s in manifest["stages"]]
+    assert [s["kind"] for s in st["stages"]] == ["train", "push", "last"]
+    assert st["stages"][0]["at"] == manifest["stages"][0]["at"]
+    last = manifest["stages"][-1]
+    assert st["metrics"] == {"stage": last["id"], "test_accuracy": last["test_accuracy"],
+                             "train_accuracy": last["train_accuracy"]}
+    assert st["latest_push"] == "002-push" and st["push_is_current"] is True
+    assert st["decisions"]["rejected"] == 0 and st["decisions"]["undecided"] == 8
+
+    rejected = decide.lone(tiny_run)[:3]
+    decide.reject(tiny_run, rejected)
+    _, st = _status(tiny_run)
+    d = st["decisions"]
+    assert (d["push"], d["rejected"], d["accepted"], d["undecided"]) == ("002-push", 3, 5, 0)
+    assert d["antitypes"] == len(json.loads((tiny_run / "antitypes.json").read_text())["antitypes"]) == 3
+    assert st["pushes"] == [{"push": "002-push", "at": manifest["stages"][1]["at"], "prototypes": 8,
+                             "unique": manifest["stages"][1]["unique"], "rejected": 3, "accepted": 5}]
+
+    # A mask stage records its test accuracy as accuracy_after: the latest metrics are that stage's.
+    res = runner.invoke(app, ["mask", str(tiny_run), "--last-epochs", "1", "-q", "--json", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    after = json.loads(res.stdout)["accuracy_after"]
+    _, st = _status(tiny_run)
+    assert st["stages"][-1]["kind"] == "mask"
+    assert st["metrics"]["stage"] == st["stages"][-1]["id"] and st["metrics"]["test_accuracy"] == after
+
+
+def test_status_names_a_damaged_file(tiny_run):
+    (tiny_run / "antitypes.json").write_text('{"version": 1, "decisions": [{"prototype": 99}]}')
+    res, _ = _status(tiny_run)
+    assert res.exit_code == 2 and "antitypes.json" in res.output
+    (tiny_run / "manifest.json").write_text("{not json")
+    res, _ = _status(tiny_run)
+    assert res.exit_code == 2 and "manifest.json" in res.output
+    res, _ = _status(tiny_run / "nope")
+    assert res.exit_code == 2 and "not found" in res.output
+
+
+def test_status_reads_a_locked_run_without_torch(tiny_run):
+    fd = os.open(tiny_run / ".lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as another writer would hold it
+        assert runner.invoke(app, ["simulate", str(tiny_run), "-q"]).exit_code == 2  # a writer waits
+        code = (f"import sys\nfrom protocli.status import run_status\nst = run_status({str(tiny_run)!r})\n"
+                f"print(len(st['stages']), {HEAVY})")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        assert out.strip() == "3 []"
+    finally:
+        os.close(fd)

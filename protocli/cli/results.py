@@ -1,4 +1,5 @@
-"""`protocli report`, `explain`, `demo`: figures, one image explained, the whole job on synthetic data."""
+"""`protocli status`, `report`, `explain`, `demo`: where a run stands, figures, one image explained, the
+whole job on synthetic data."""
 
 from __future__ import annotations
 
@@ -9,6 +10,39 @@ import typer
 from protocli.cli.common import DEVICE_OPT, JSON_OPT, QUIET_OPT, SEED_OPT, execute, kv
 
 app = typer.Typer(rich_markup_mode=None)
+
+
+@app.command()
+def status(
+    run: Path = typer.Argument(..., help="Run folder."),
+    as_json: bool = JSON_OPT,
+    quiet: bool = QUIET_OPT,
+):
+    """Where a run stands: its stages, pushes, decisions on the latest push and latest accuracies.
+
+    Reads only (no lock): safe to run while another command changes the run."""
+
+    def go():
+        from protocli.status import run_status
+
+        return run_status(run)
+
+    execute(go, as_json, quiet, _show_status)
+
+
+def _show_status(result: dict) -> None:
+    from protocli.console import fmt, print_kv, print_table
+
+    rows = [{"stage": s["id"], "kind": s["kind"], "at": s["at"],
+             "details": ", ".join(f"{k} {fmt(v)}" for k, v in s["details"].items())} for s in result["stages"]]
+    print_table(f"stages of {result['run']}", rows)
+    print_table("pushes", result["pushes"], ["push", "prototypes", "unique", "rejected", "accepted"])
+    summary = {"latest push": result["latest_push"], "push is current": result["push_is_current"],
+               **{k: v for k, v in result["decisions"].items() if k != "push"}}
+    metrics = result["metrics"] or {}
+    summary.update({f"{k} ({metrics['stage']})": v for k, v in metrics.items() if k != "stage"})
+    summary["rounds recorded"] = result["rounds"]
+    print_kv("status", summary)
 
 
 @app.command()
