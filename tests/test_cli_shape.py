@@ -92,3 +92,20 @@ def test_status_reads_a_locked_run_without_torch(tiny_run):
         assert out.strip() == "3 []"
     finally:
         os.close(fd)
+
+
+# -- progress bars -----------------------------------------------------------------------------------
+def test_data_synth_and_check_show_a_progress_bar(tmp_path, monkeypatch):
+    from protocli.console import QUIET
+
+    monkeypatch.setitem(QUIET, "on", True)  # the commands below turn it off; put it back afterwards
+    data = tmp_path / "d"
+    res = runner.invoke(app, ["data", "synth", str(data), "--classes", "2", "--train-per-class", "2",
+                              "--test-per-class", "1", "--size", "32"])
+    assert res.exit_code == 0, res.output
+    assert "drawing images" in res.stderr and "6/6" in res.stderr
+    res = runner.invoke(app, ["data", "check", str(data)])
+    assert res.exit_code == 0, res.output
+    assert "checking images and masks" in res.stderr and "6/6" in res.stderr
+    res = runner.invoke(app, ["data", "check", str(data), "-q", "--json"])
+    assert res.exit_code == 0 and "checking" not in res.stderr
