@@ -109,3 +109,16 @@ def test_data_synth_and_check_show_a_progress_bar(tmp_path, monkeypatch):
     assert "checking images and masks" in res.stderr and "6/6" in res.stderr
     res = runner.invoke(app, ["data", "check", str(data), "-q", "--json"])
     assert res.exit_code == 0 and "checking" not in res.stderr
+
+
+# -- --criterion and --device where a command computes ----------------------------------------------
+def test_report_and_evaluate_take_criterion_and_device(tiny_run):
+    for cmd in ("report", "evaluate"):
+        out = runner.invoke(app, [cmd, "--help"]).output
+        assert "--criterion" in out and "--device" in out
+    res = runner.invoke(app, ["evaluate", str(tiny_run), "--criterion", "cell", "--device", "cpu", "--json", "-q"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["criterion"] == "cell" and data["non_object"] == data["non_object_cell"]
+    res = runner.invoke(app, ["report", str(tiny_run), "--criterion", "pixel", "-q"])
+    assert res.exit_code == 2 and "pixel" in res.output

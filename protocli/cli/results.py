@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from protocli.cli.common import DEVICE_OPT, JSON_OPT, QUIET_OPT, SEED_OPT, execute, kv
+from protocli.cli.common import DEVICE_OPT, JSON_OPT, QUIET_OPT, SEED_OPT, Criterion, execute, kv
 
 app = typer.Typer(rich_markup_mode=None)
 
@@ -49,6 +49,10 @@ def _show_status(result: dict) -> None:
 def report(
     run: Path = typer.Argument(..., help="Run folder."),
     out: Path | None = typer.Option(None, "--out", help="Folder for the figures (default: RUN/report)."),
+    criterion: Criterion = typer.Option(Criterion.box, help="Which prototypes the figures and non_object count "
+                                        "as non-object: box (the box misses the object) or cell (the latent "
+                                        "cell holds no object)."),
+    device: str = DEVICE_OPT,
     as_json: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
 ):
@@ -56,8 +60,9 @@ def report(
 
     def go():
         from protocli.report import report_run
+        from protocli.runtime import pick_device
 
-        return report_run(run, out=out)
+        return report_run(run, out=out, criterion=criterion.value, device=pick_device(device))
 
     execute(go, as_json, quiet, kv("report"))
 
