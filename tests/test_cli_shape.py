@@ -9,11 +9,22 @@ import subprocess
 import sys
 from importlib.metadata import version
 
+import pytest
 from typer.testing import CliRunner
 
 from protocli.cli import app
 
 runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _quiet_again(monkeypatch):
+    """Commands run here without -q switch bars and tables on; later tests expect them off."""
+    from protocli.console import QUIET
+
+    monkeypatch.setitem(QUIET, "on", QUIET["on"])
+
+
 HEAVY = "[m for m in ('torch', 'torchvision', 'textual', 'matplotlib') if m in sys.modules]"
 
 
@@ -95,10 +106,7 @@ def test_status_reads_a_locked_run_without_torch(tiny_run):
 
 
 # -- progress bars -----------------------------------------------------------------------------------
-def test_data_synth_and_check_show_a_progress_bar(tmp_path, monkeypatch):
-    from protocli.console import QUIET
-
-    monkeypatch.setitem(QUIET, "on", True)  # the commands below turn it off; put it back afterwards
+def test_data_synth_and_check_show_a_progress_bar(tmp_path):
     data = tmp_path / "d"
     res = runner.invoke(app, ["data", "synth", str(data), "--classes", "2", "--train-per-class", "2",
                               "--test-per-class", "1", "--size", "32"])
@@ -122,3 +130,54 @@ def test_report_and_evaluate_take_criterion_and_device(tiny_run):
     assert data["criterion"] == "cell" and data["non_object"] == data["non_object_cell"]
     res = runner.invoke(app, ["report", str(tiny_run), "--criterion", "pixel", "-q"])
     assert res.exit_code == 2 and "pixel" in res.output
+
+
+# -- option names: --out only forks a run; train takes the run as an argument ------------------------
+def test_out_means_a_new_run_only():
+    def options(cmd):
+        return runner.invoke(app, [cmd, "--help"]).output
+
+    for cmd in ("mask", "prune", "revise", "rounds"):
+        assert "--out" in options(cmd)
+    for cmd, new in (("report", "--dir"), ("explain", "--png"), ("demo", "--dir")):
+        assert new in options(cmd) and "--out" not in options(cmd)  # the old spelling is hidden
+    assert "--run" not in options("train")
+
+
+def _note(res, old):
+    return [ln for ln in res.stderr.splitlines() if ln.startswith("note:") and f"{old} is deprecated" in ln]
+
+
+def test_train_takes_the_run_as_its_second_argument(tiny_data, tiny_run):
+    # An existing run is refused before any training: what matters is which folder train was given.
+    for spelling in ([str(tiny_run)], ["--run", str(tiny_run)], ["--run-dir", str(tiny_run)]):
+        res = runner.invoke(app, ["train", str(tiny_data), *spelling, "--backbone", "tiny"])
+        assert res.exit_code == 2 and "already exists" in res.stderr and str(tiny_run) in res.stderr
+        assert len(_note(res, spelling[0])) == (1 if spelling[0].startswith("--") else 0), res.stderr
+    res = runner.invoke(app, ["train", str(tiny_data), "--run", str(tiny_run), "-q"])
+    assert res.exit_code == 2 and not _note(res, "--run")  # -q: no note
+    res = runner.invoke(app, ["train", str(tiny_data)])
+    assert res.exit_code == 2 and res.stderr.strip() == ("error: train needs a run folder to create: "
+                                                        "protocli train DATA RUN")
+    res = runner.invoke(app, ["train", str(tiny_data), str(tiny_run), "--run", str(tiny_run / "other")])
+    assert res.exit_code == 2 and "--run is the old spelling of RUN" in res.stderr
+
+
+def test_old_out_spellings_still_work_with_a_note(tiny_run, tiny_data, tmp_path):
+    res = runner.invoke(app, ["report", str(tiny_run), "--out", str(tmp_path / "r"), "--device", "cpu", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["out"] == str(tmp_path / "r") and len(_note(res, "--out")) == 1
+    assert "write --dir" in _note(res, "--out")[0]
+    image = next((tiny_data / "images").rglob("*.png"))
+    res = runner.invoke(app, ["explain", str(tiny_run), str(image), "--out", str(tmp_path / "e.png"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["png"] == str(tmp_path / "e.png") and "write --png" in _note(res, "--out")[0]
+    # demo refuses a data folder that is not a synthetic dataset, naming it: the old --out was used.
+    (tmp_path / "demo" / "data").mkdir(parents=True)
+    (tmp_path / "demo" / "data" / "x").write_text("")
+    for spelling in ("--dir", "--out"):
+        res = runner.invoke(app, ["demo", spelling, str(tmp_path / "demo")])
+        assert res.exit_code == 2 and str(tmp_path / "demo" / "data") in res.stderr
+        assert len(_note(res, "--out")) == (spelling == "--out")
+    res = runner.invoke(app, ["report", str(tiny_run), "--dir", str(tmp_path / "a"), "--out", str(tmp_path / "b")])
+    assert res.exit_code == 2 and "--out is the old spelling of --dir" in res.stderr

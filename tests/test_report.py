@@ -57,7 +57,7 @@ def test_report_without_rounds_or_masks(tiny_run, tiny_data, tmp_path):
 
 
 def test_report_cli_json(tiny_run, tmp_path):
-    res = CliRunner().invoke(app, ["report", str(tiny_run), "--out", str(tmp_path / "r"), "--json", "-q"])
+    res = CliRunner().invoke(app, ["report", str(tiny_run), "--dir", str(tmp_path / "r"), "--json", "-q"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     assert data["report"] == str(tmp_path / "r" / "report.md") and "weights" in data["figures"]
@@ -77,7 +77,7 @@ def test_report_criterion_and_device(tiny_run, tmp_path):
     atomic_write_json(doc_path, doc)
     out = {}
     for criterion in ("box", "cell"):
-        res = CliRunner().invoke(app, ["report", str(tiny_run), "--out", str(tmp_path / criterion), "--criterion",
+        res = CliRunner().invoke(app, ["report", str(tiny_run), "--dir", str(tmp_path / criterion), "--criterion",
                                        criterion, "--device", "cpu", "--json", "-q"])
         assert res.exit_code == 0, res.output
         out[criterion] = json.loads(res.stdout)

@@ -7,7 +7,7 @@ failures, 130 interrupted. Heavy imports (torch, torchvision, textual) happen in
 that `protocli --help` and `protocli data check` start fast.
 
 Modules: common (options, `execute`), baseline (data, train, push, evaluate), revision (simulate,
-review, mask, revise, rounds), results (report, explain, demo).
+review, mask, revise, rounds), results (status, report, explain, demo).
 """
 
 from __future__ import annotations

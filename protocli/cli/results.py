@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from protocli.cli.common import DEVICE_OPT, JSON_OPT, QUIET_OPT, SEED_OPT, Criterion, execute, kv
+from protocli.cli.common import DEVICE_OPT, JSON_OPT, QUIET_OPT, SEED_OPT, Criterion, execute, kv, renamed
 
 app = typer.Typer(rich_markup_mode=None)
 
@@ -48,7 +48,9 @@ def _show_status(result: dict) -> None:
 @app.command()
 def report(
     run: Path = typer.Argument(..., help="Run folder."),
-    out: Path | None = typer.Option(None, "--out", help="Folder for the figures (default: RUN/report)."),
+    out_dir: Path | None = typer.Option(None, "--dir", help="Folder for the figures and report.md "
+                                        "(default: RUN/report)."),
+    old_out: Path | None = typer.Option(None, "--out", hidden=True, help="Old spelling of --dir."),
     criterion: Criterion = typer.Option(Criterion.box, help="Which prototypes the figures and non_object count "
                                         "as non-object: box (the box misses the object) or cell (the latent "
                                         "cell holds no object)."),
@@ -57,6 +59,8 @@ def report(
     quiet: bool = QUIET_OPT,
 ):
     """Write PNG figures after the paper's and a short report.md."""
+
+    out = renamed(out_dir, old_out, "--dir", "--out", quiet)
 
     def go():
         from protocli.report import report_run
@@ -72,12 +76,15 @@ def explain(
     run: Path = typer.Argument(..., help="Run folder."),
     image: Path = typer.Argument(..., help="Image file to explain (used as is: no bounding-box crop)."),
     top: int = typer.Option(5, "--top", help="How many prototypes to show."),
-    out: Path | None = typer.Option(None, "--out", help="PNG to write (default: RUN/explain/<image stem>.png)."),
+    png: Path | None = typer.Option(None, "--png", help="PNG to write (default: RUN/explain/<image stem>.png)."),
+    old_out: Path | None = typer.Option(None, "--out", hidden=True, help="Old spelling of --png."),
     device: str = DEVICE_OPT,
     as_json: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
 ):
     """This looks like that: the prototypes that drove the prediction for one image."""
+
+    out = renamed(png, old_out, "--png", "--out", quiet)
 
     def go():
         from protocli.explain import explain_image
@@ -90,7 +97,8 @@ def explain(
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("demo"), "--out", help="Folder for the data and the runs."),
+    out_dir: Path | None = typer.Option(None, "--dir", help="Folder for the data and the runs (default: ./demo)."),
+    old_out: Path | None = typer.Option(None, "--out", hidden=True, help="Old spelling of --dir."),
     device: str = DEVICE_OPT,
     seed: int = SEED_OPT,
     pretrained: bool = typer.Option(True, "--pretrained/--scratch", help="Fine-tune from an encoder pretrained "
@@ -100,6 +108,8 @@ def demo(
 ):
     """The whole job on built-in synthetic data: a pretrained encoder, baseline, masking and 5 revision
     rounds, compared."""
+
+    out = renamed(out_dir, old_out, "--dir", "--out", quiet) or Path("demo")
 
     def go():
         from protocli.demo import demo_run
