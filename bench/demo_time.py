@@ -4,7 +4,7 @@ Usage:
     python bench/demo_time.py                 # demo into a temporary folder, CPU
     python bench/demo_time.py --device cuda --keep /tmp/demo
 
-Runs `python -m protocli demo --out TMP --json` as a child process, so the time includes start-up
+Runs `python -m protocli demo --dir TMP --json` as a child process, so the time includes start-up
 and imports, exactly what a user waits for. Records the date, the CPU model, the cores this process
 may use, the load average at the start (the machines are shared: a high load inflates the time),
 the wall time, the child's CPU time (user + sys) and the three conditions' test accuracies. The
@@ -63,7 +63,7 @@ def main() -> None:
     out = args.keep or tmp / "demo"
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "protocli", "demo", "--out", str(out), "--device", args.device,
+    proc = subprocess.run([sys.executable, "-m", "protocli", "demo", "--dir", str(out), "--device", args.device,
                            "--json"], stdout=subprocess.PIPE)
     wall = time.perf_counter() - t0
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)

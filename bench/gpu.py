@@ -170,9 +170,9 @@ def main() -> None:
             train += ["--workers", "0", "--prototypes-per-class", "1"]
         py = [sys.executable]
         tr_ = ["-m", "torch.distributed.run", "--standalone"]
-        plain = cli_seconds(py + ["-m", "protocli"] + train + ["--run-dir", str(work / "plain")], env)
+        plain = cli_seconds(py + ["-m", "protocli"] + train + [str(work / "plain")], env)
         one = cli_seconds(py + tr_ + ["--nproc-per-node", "1", "-m", "protocli"] + train
-                          + ["--run-dir", str(work / "torchrun1")], env)
+                          + [str(work / "torchrun1")], env)
         rows.append(("protocli train, 1 joint epoch: plain", f"{plain:.1f} s"))
         rows.append(("  same under torchrun --nproc-per-node 1", f"{one:.1f} s ({one - plain:+.1f} s)"))
         n = torch.cuda.device_count() if device.type == "cuda" else 0
@@ -180,7 +180,7 @@ def main() -> None:
             many_train = train[:train.index("--batch-size") + 1] + [str(batch - batch % n)] + \
                 train[train.index("--batch-size") + 2:]
             many = cli_seconds(py + tr_ + [f"--nproc-per-node={n}", "-m", "protocli"] + many_train
-                               + ["--run-dir", str(work / f"torchrun{n}")], env)
+                               + [str(work / f"torchrun{n}")], env)
             rows.append((f"  same under torchrun --nproc-per-node {n}", f"{many:.1f} s"))
         for r in rows[-2:]:
             print(f"  {r[0]}: {r[1]}", flush=True)

@@ -6,8 +6,8 @@ confirm them) and seed, through the command line exactly as a user would run it:
   protocli data synth DATA --family F --seed S                        (confound 0.8, the default)
   pretrained: protocli data synth PRE --family F --confound 0.125 --seed 1000+S   (uniform backgrounds)
               protocli pretrain PRE ENC.safetensors --seed S
-              protocli train DATA --run R --backbone tiny --weights ENC.safetensors --seed S
-  scratch:    protocli train DATA --run R --backbone tiny --seed S
+              protocli train DATA R --backbone tiny --weights ENC.safetensors --seed S
+  scratch:    protocli train DATA R --backbone tiny --seed S
   both:       protocli rounds R --rounds 5 --out R-rounds --seed S --json
 
 Every default is the command's own; nothing here is tuned per family. Writes OUT/results.jsonl
@@ -59,7 +59,7 @@ def one(out: Path, family: str, seed: int, regime: str) -> dict:
             r = cli("pretrain", str(pre_data), str(enc), "--seed", str(seed))
             pre = {"held_out_accuracy": r["held_out_accuracy"], "seconds": r["seconds"]}
         extra = ["--weights", str(enc)]
-    tr = cli("train", str(data), "--run", str(run), "--backbone", "tiny", "--seed", str(seed), *extra)
+    tr = cli("train", str(data), str(run), "--backbone", "tiny", "--seed", str(seed), *extra)
     ev = cli("evaluate", str(run))
     rd = cli("rounds", str(run), "--rounds", "5", "--out", str(rounds), "--seed", str(seed))
     rows = rd["rounds"]

@@ -46,7 +46,7 @@ def baseline(out: Path, family: str, seed: int) -> Path:
         cli("data", "synth", str(data), "--family", family, "--seed", str(seed))
     if not (run / "model.safetensors").exists():
         shutil.rmtree(run, ignore_errors=True)
-        cli("train", str(data), "--run", str(run), "--backbone", "tiny", "--seed", str(seed), "--workers", "0")
+        cli("train", str(data), str(run), "--backbone", "tiny", "--seed", str(seed), "--workers", "0")
     return run
 
 

@@ -99,7 +99,7 @@ def prepare(out: Path, train_args: list[str], data_args: list[str]) -> tuple[Pat
         s["kind"] == "last" for s in json.loads((base / "manifest.json").read_text())["stages"]
     ):
         shutil.rmtree(base, ignore_errors=True)
-        protocli("train", str(data), "--run", str(base), "--quiet", *train_args)
+        protocli("train", str(data), str(base), "--quiet", *train_args)
     return data, base
 
 

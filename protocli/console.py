@@ -5,9 +5,7 @@ Everything human-facing goes to stderr so that stdout stays clean for `--json`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
 
 from rich.console import Console
 from rich.progress import (
@@ -19,8 +17,6 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
-
-T = TypeVar("T")
 
 console = Console(stderr=True)
 # Set by the CLI's --quiet (and by tests) to silence bars and tables.
@@ -55,15 +51,6 @@ def progress_bar(description: str, total: int | None):
                 prog.update(task, advance=n, info=info)
 
         yield advance
-
-
-def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
-    if total is None and hasattr(items, "__len__"):
-        total = len(items)  # type: ignore[arg-type]
-    with progress_bar(description, total) as advance:
-        for item in items:
-            yield item
-            advance()
 
 
 def print_table(title: str, rows: list[dict], columns: list[str] | None = None) -> None:

@@ -69,7 +69,7 @@ def _fresh_fork(path: Path, base: Path) -> None:
     origins = read_json(manifest, "run manifest").get("forked_from", []) if manifest.exists() else []
     if not isinstance(origins, list) or not any(isinstance(o, dict) and Path(str(o.get("run"))) == base.resolve()
                                                 for o in origins):
-        raise BadInput("exists and is not a demo fork of the baseline; remove it or choose another --out", path)
+        raise BadInput("exists and is not a demo fork of the baseline; remove it or choose another --dir", path)
     shutil.rmtree(path)
 
 
@@ -86,7 +86,7 @@ def make_data(data: Path, seed: int, params: dict | None = None, step: str = "[1
             warn(f"{data} was made with {differ}, not the demo's {want}: numbers will differ from the README")
         return {"path": str(data), "reused": True, **{k: have.get(k) for k in (*want, "seed")}}
     if data.exists() and any(data.iterdir()):
-        raise BadInput("folder exists and holds no synthetic dataset (no synth.json); choose another --out", data)
+        raise BadInput("folder exists and holds no synthetic dataset (no synth.json); choose another --dir", data)
     info(f"{step}: writing a synthetic dataset to {data}")
     res = synth(data, seed=seed, **want)
     return {"path": str(data), "reused": False, **{k: res.get(k) for k in (*want, "seed", "seconds")}}

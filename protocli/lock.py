@@ -1,7 +1,7 @@
 """The run lock: one writing command per run at a time -> RUN/.lock, held by a kernel file lock.
 
 Writers (train, push, simulate, review, mask, revise, rounds) hold the lock from before they read
-the run until they exit; readers (evaluate, report, explain) take none, because a stage becomes
+the run until they exit; readers (evaluate, report, explain, status) take none, because a stage becomes
 visible in one atomic step (protocli.run). A second writer gets BadInput (exit 2) naming the
 holder's PID, command, host and start time, or with `wait=True` blocks until the holder is done.
 

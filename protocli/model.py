@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,11 +195,6 @@ class ProtoPNet(nn.Module):
                     m.training = mode
             self._grid = (size, (int(out.shape[-2]), int(out.shape[-1])))
         return self._grid[1]
-
-    def encoder_parameters(self) -> Iterator[nn.Parameter]:
-        """Parameters of the encoder g o f (backbone and add-on)."""
-        yield from self.features.parameters()
-        yield from self.add_on.parameters()
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
         """Weights and buffers of the encoder, keyed as in state_dict() ("features.*", "add_on.*")."""

@@ -13,7 +13,8 @@ Outputs, in RUN/report unless `out` says otherwise, every file written atomicall
   density in blue, the prototypes of every push joined into trajectories (Fig. 5);
 - overlap_hist.png: per-prototype object overlap of the first and the latest push.
 
-Object vs non-object follows the simulated user's `box` criterion (overlap 0). A grid cell counts
+Object vs non-object follows the simulated user's criterion, `box` (overlap 0) unless `criterion`
+says `cell` (the prototype's latent cell holds no object). A grid cell counts
 as object when the mask, shrunk to the grid as the `cell` criterion does (`cache.grid_masks`), is
 above 0 there.
 Figures that need masks are skipped on a dataset without them; report.md says which and why.
@@ -208,18 +209,21 @@ def _md_table(rows: list[dict], columns: list[str]) -> str:
 
 
 def report_run(run_dir: Path, out: Path | None = None, conditions: list[dict] | None = None,
-               device: torch.device | None = None, seed: int = 0) -> dict:
-    """Write the figures and report.md of a run; `conditions` (rows of `demo`) adds a comparison table."""
+               device: torch.device | None = None, seed: int = 0, criterion: str = "box") -> dict:
+    """Write the figures and report.md of a run; `conditions` (rows of `demo`) adds a comparison table.
+    `criterion` (box or cell) decides which prototypes the figures and `non_object` count as non-object."""
     from protocli.cache import grid_masks, masks
     from protocli.evaluate import evaluate_model, object_stats
     from protocli.run import Run
     from protocli.runtime import pick_device
 
+    if criterion not in ("box", "cell"):
+        raise ValueError(f"criterion must be box or cell, not {criterion!r}")
     device = device or pick_device("auto")
     run = Run.open(run_dir)
     out = Path(out) if out is not None else run.path / "report"
     cub, model = run.cub(), run.load_model(device)
-    ev = evaluate_model(run, model, cub, device, criterion="box", apr=False)
+    ev = evaluate_model(run, model, cub, device, criterion=criterion, apr=False)
     pushes = run.stage_dirs("push")
     docs = [read_push_doc(p) for p in pushes]
     round_rows = read_rounds(run.path / "rounds.json")
@@ -235,14 +239,15 @@ def report_run(run_dir: Path, out: Path | None = None, conditions: list[dict] | 
         stats = [object_stats(doc, mtr, gtr) for doc in docs]
     no_masks = "the dataset has no segmentation masks" if not cub.has_masks else "the run has no push"
 
-    non_obj = stats[-1]["box"].numpy() if stats else None
+    non_obj = stats[-1][criterion].numpy() if stats else None
     if active.any():
         figures["weights"] = str(weights_figure(out / "weights.png", w_own[active],
                                                 non_obj[active] if non_obj is not None else None))
     else:
         skipped["weights"] = "every prototype is masked"
     if stats:
-        figures.update(object_figures(out, run, model, cub, pushes, stats, gtr, active, device, seed, skipped))
+        figures.update(object_figures(out, run, model, cub, pushes, stats, gtr, active, device, seed, skipped,
+                                      criterion))
     else:
         for name in ("nonobject_gallery", "overlap_hist", "latent_pca"):
             skipped[name] = f"needs object masks and a push: {no_masks}"
@@ -258,20 +263,21 @@ def report_run(run_dir: Path, out: Path | None = None, conditions: list[dict] | 
     info(f"report: {len(figures)} figures and {md}")
     keys = ("accuracy", "train_accuracy", "prototypes", "active_prototypes", "non_object", "non_object_cell",
             "overlap_ge_75", "mean_overlap")
-    return {"run": str(run.path), "out": str(out), "report": str(md), "figures": figures, "skipped": skipped,
+    return {"run": str(run.path), "out": str(out), "report": str(md), "criterion": criterion,
+            "figures": figures, "skipped": skipped,
             "pushes": [p.name for p in pushes], "rounds": len(round_rows),
             **{k: ev.get(k) for k in keys}}
 
 
 def object_figures(out: Path, run, model, cub, pushes: list[Path], stats: list[dict], gtr: torch.Tensor,
-                   active: np.ndarray, device, seed: int, skipped: dict) -> dict[str, str]:
+                   active: np.ndarray, device, seed: int, skipped: dict, criterion: str = "box") -> dict[str, str]:
     """The figures that need object masks: gallery, overlap histogram, latent PCA."""
     from protocli.cache import latents
     from protocli.runfiles import push_is_current
     from protocli.simulate import pushed_vectors
 
     figures = {}
-    first_bad = torch.nonzero(stats[0]["box"]).flatten()
+    first_bad = torch.nonzero(stats[0][criterion]).flatten()
     if len(first_bad):
         n = min(len(first_bad), 8 if len(pushes) > 1 else GALLERY_MAX)
         pick = first_bad[torch.randperm(len(first_bad), generator=torch.Generator().manual_seed(seed))[:n]]
@@ -292,7 +298,7 @@ def object_figures(out: Path, run, model, cub, pushes: list[Path], stats: list[d
     if not push_is_current(model.state_dict(), pushes[-1]):
         traj.append(now)  # revised after the last push: show where the prototypes are now
     figures["latent_pca"] = str(pca_figure(out / "latent_pca.png", ztr, cell_obj, torch.stack(traj),
-                                           stats[0]["box"], torch.Generator().manual_seed(seed)))
+                                           stats[0][criterion], torch.Generator().manual_seed(seed)))
     return figures
 
 
@@ -318,7 +324,8 @@ def _markdown(run, ev: dict, conditions, round_rows, figures: dict, skipped: dic
                 "accuracy", "train_accuracy", "prototypes", "active_prototypes", "non_object_box",
                 "non_object_cell", "overlap_ge_75", "mean_overlap")], ["metric", "value"]), "",
             "Non-object: the box of the prototype's patch misses the object (box) or its latent cell holds "
-            "no object (cell); both count active prototypes of the latest push.", ""]
+            "no object (cell); both count active prototypes of the latest push. The figures split prototypes "
+            f"by the {ev.get('criterion', 'box')} criterion.", ""]
     if conditions:
         cols = [c for c in ("condition", "train_accuracy", "accuracy", "non_object", "overlap_ge_75", "clicks",
                             "active_prototypes") if any(c in r for r in conditions)]

@@ -121,9 +121,9 @@ class Run:
 
         path = Path(path)
         if (path / MANIFEST).exists():
-            raise BadInput("a run already exists here (use --resume to continue it, or another --run)", path)
+            raise BadInput("a run already exists here (use --resume to continue it, or another run folder)", path)
         if not _is_empty(path):
-            raise BadInput("folder exists and is not empty; choose a new --run folder", path)
+            raise BadInput("folder exists and is not empty; choose a new run folder", path)
         path.mkdir(parents=True, exist_ok=True)
         manifest = {
             "version": 1,

@@ -41,6 +41,6 @@ def test_evaluate_json_on_stdout(tiny_run):
 
 
 def test_train_refuses_existing_run(tiny_data, tiny_run):
-    res = runner.invoke(app, ["train", str(tiny_data), "--run", str(tiny_run), "--backbone", "tiny", "-q"])
+    res = runner.invoke(app, ["train", str(tiny_data), str(tiny_run), "--backbone", "tiny", "-q"])
     assert res.exit_code == 2
     assert "already exists" in res.output

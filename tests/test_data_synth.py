@@ -28,11 +28,27 @@ def small(tmp_path_factory) -> Path:
     return out
 
 
-def test_same_seed_same_bytes_other_seed_differs(small, tmp_path):
+def bar(monkeypatch, advance):
+    """Replace synth's progress bar by `advance`, recording the totals it was opened with."""
+    from contextlib import contextmanager
+
+    totals = []
+
+    @contextmanager
+    def fake(description, total):
+        totals.append(total)
+        yield advance
+
+    monkeypatch.setattr("protocli.data.synth.progress_bar", fake)
+    return totals
+
+
+def test_same_seed_same_bytes_other_seed_differs(small, tmp_path, monkeypatch):
     ticks = []
-    summary = synth(tmp_path / "again", **SMALL, seed=1, progress=ticks.append)
+    totals = bar(monkeypatch, lambda n=1: ticks.append(n))
+    summary = synth(tmp_path / "again", **SMALL, seed=1)
     assert files(tmp_path / "again") == files(small)
-    assert sum(ticks) == 8 * 5 and summary["train"] == 24 and summary["test"] == 16
+    assert totals == [8 * 5] and sum(ticks) == 8 * 5 and summary["train"] == 24 and summary["test"] == 16
     synth(tmp_path / "other", **SMALL, seed=2)
     other = files(tmp_path / "other")
     assert other.keys() == files(small).keys()
@@ -117,12 +133,13 @@ def test_refuses_non_empty_output_and_bad_options(small, tmp_path):
             synth(tmp_path / "x", **bad)
 
 
-def test_interrupted_synth_leaves_nothing(tmp_path):
-    def stop(_):
+def test_interrupted_synth_leaves_nothing(tmp_path, monkeypatch):
+    def stop(n=1):
         raise KeyboardInterrupt
 
+    bar(monkeypatch, stop)
     with pytest.raises(KeyboardInterrupt):
-        synth(tmp_path / "birds", classes=2, train_per_class=2, test_per_class=1, size=32, progress=stop)
+        synth(tmp_path / "birds", classes=2, train_per_class=2, test_per_class=1, size=32)
     assert list(tmp_path.iterdir()) == []
 
 

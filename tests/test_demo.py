@@ -49,5 +49,5 @@ def test_demo_refuses_a_foreign_folder(monkeypatch, tmp_path):
     tiny(monkeypatch)
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "mine.txt").write_text("not a dataset")
-    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "-q"])
+    res = CliRunner().invoke(app, ["demo", "--dir", str(tmp_path), "-q"])
     assert res.exit_code == 2 and "synth.json" in res.output

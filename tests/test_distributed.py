@@ -207,7 +207,7 @@ def test_a_failing_rank_ends_every_process_with_its_exit_code_and_one_line(tiny_
     broken = items[perm[1]]  # the first image DistributedSampler deals to rank 1 in epoch 0
     (data / "images" / broken.name).write_bytes(b"not a picture")
     env = {**_env(), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_port())}
-    cmd = [sys.executable, "-m", "protocli", "train", str(data), "--run", str(tmp_path / "run"), "--backbone", "tiny",
+    cmd = [sys.executable, "-m", "protocli", "train", str(data), str(tmp_path / "run"), "--backbone", "tiny",
            "--img-size", "32", "--prototypes-per-class", "1", "--proto-dim", "8", "--batch-size", "8",
            "--workers", "0", "--no-augment", "--device", "cpu", "-q"]
     procs = [subprocess.Popen(cmd, cwd=ROOT, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},

@@ -63,7 +63,7 @@ def test_corrupt_or_missing_image_exits_2_naming_the_file(tiny_run, tmp_path):
 
 def test_explain_cli_json(tiny_run, tiny_data, tmp_path):
     res = CliRunner().invoke(app, ["explain", str(tiny_run), str(sample_image(tiny_data)), "--top", "2",
-                                   "--out", str(tmp_path / "e.png"), "--json", "-q"])
+                                   "--png", str(tmp_path / "e.png"), "--json", "-q"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     assert len(data["prototypes"]) == 2 and data["png"] == str(tmp_path / "e.png")

@@ -66,12 +66,12 @@ def test_cli_train_builds_the_recipe_config(monkeypatch, tmp_path):
         return {"run": str(run)}
 
     monkeypatch.setattr(protocli.train, "train_run", fake_train_run)
-    res = CliRunner().invoke(app, ["train", str(tmp_path), "--run", str(tmp_path / "r"), "--backbone", "tiny",
+    res = CliRunner().invoke(app, ["train", str(tmp_path), str(tmp_path / "r"), "--backbone", "tiny",
                                    "--joint-epochs", "3", "--device", "cpu", "--quiet"])
     assert res.exit_code == 0, res.output
     cfg = seen["cfg"]
     assert (cfg.recipe, cfg.joint_epochs, cfg.img_size, cfg.clst) == ("tiny", 3, 96, 0.0)
-    res = CliRunner().invoke(app, ["train", str(tmp_path), "--run", str(tmp_path / "r"), "--recipe", "paper",
+    res = CliRunner().invoke(app, ["train", str(tmp_path), str(tmp_path / "r"), "--recipe", "paper",
                                    "--backbone", "tiny", "--device", "cpu", "--quiet"])
     assert res.exit_code == 0, res.output
     assert (seen["cfg"].recipe, seen["cfg"].img_size, seen["cfg"].clst) == ("paper", 224, 0.8)

@@ -57,7 +57,7 @@ def test_report_without_rounds_or_masks(tiny_run, tiny_data, tmp_path):
 
 
 def test_report_cli_json(tiny_run, tmp_path):
-    res = CliRunner().invoke(app, ["report", str(tiny_run), "--out", str(tmp_path / "r"), "--json", "-q"])
+    res = CliRunner().invoke(app, ["report", str(tiny_run), "--dir", str(tmp_path / "r"), "--json", "-q"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     assert data["report"] == str(tmp_path / "r" / "report.md") and "weights" in data["figures"]
@@ -66,3 +66,22 @@ def test_report_cli_json(tiny_run, tmp_path):
 def test_report_on_missing_run_is_bad_input(tmp_path):
     res = CliRunner().invoke(app, ["report", str(tmp_path / "nope"), "-q"])
     assert res.exit_code == 2 and "nope" in res.output
+
+
+def test_report_criterion_and_device(tiny_run, tmp_path):
+    # Move prototype 0's box into a corner of its image (its cell stays put), so that the box and the
+    # cell criterion disagree on it whatever the tiny run learned.
+    doc_path = tiny_run / "stages" / "002-push" / "prototypes.json"
+    doc = read_json(doc_path)
+    doc["prototypes"][0]["box"] = [0, 0, 1, 1]
+    atomic_write_json(doc_path, doc)
+    out = {}
+    for criterion in ("box", "cell"):
+        res = CliRunner().invoke(app, ["report", str(tiny_run), "--dir", str(tmp_path / criterion), "--criterion",
+                                       criterion, "--device", "cpu", "--json", "-q"])
+        assert res.exit_code == 0, res.output
+        out[criterion] = json.loads(res.stdout)
+        assert out[criterion]["criterion"] == criterion
+        assert f"by the {criterion} criterion" in (tmp_path / criterion / "report.md").read_text()
+    assert out["cell"]["non_object"] == out["cell"]["non_object_cell"]
+    assert out["box"]["non_object"] > 0 and out["box"]["non_object"] != out["cell"]["non_object"]

@@ -7,7 +7,7 @@ failures, 130 interrupted. Heavy imports (torch, torchvision, textual) happen in
 that `protocli --help` and `protocli data check` start fast.
 
 Modules: common (options, `execute`), baseline (data, train, push, evaluate), revision (simulate,
-review, mask, revise, rounds), results (report, explain, demo).
+review, mask, revise, rounds), results (status, report, explain, demo).
 """
 
 from __future__ import annotations
@@ -20,12 +20,34 @@ app = typer.Typer(
     help="Train prototypical-part networks (ProtoPNet), review their prototypes in the terminal, "
     "and revise them so the model decides by the object (Gerstenberger et al.).",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion
     pretty_exceptions_enable=False,
     # Plain click help: rich-formatted help imports markdown/pygments and costs ~0.25 s per call,
     # which adds up when rounds are scripted in shell loops.
     rich_markup_mode=None,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("protocli")
+        except PackageNotFoundError:  # run from a checkout that is not installed
+            from protocli import __version__ as v
+        typer.echo(f"protocli {v}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: bool = typer.Option(False, "--version", help="Print the version and exit.", callback=_version,
+                                      is_eager=True),
+) -> None:
+    """Options of `protocli` itself (the help text shown is the app's, above)."""
+
+
 app.add_typer(baseline.data_app, name="data")
 for group in (baseline, revision, results):
     app.add_typer(group.app)  # unnamed: the group's commands become top-level commands

@@ -16,6 +16,8 @@ from protocli.cli.common import (
     Criterion,
     execute,
     kv,
+    renamed,
+    say_error,
 )
 from protocli.recipes import default_help as R
 
@@ -88,7 +90,7 @@ def pretrain(
 
     The offline stand-in for ImageNet weights: train on objects over uninformative backgrounds
     (e.g. `protocli data synth PRE --confound 0.125 --seed 1000`), then fine-tune a ProtoPNet on
-    the confounded set with `protocli train DATA --run R --backbone tiny --weights FILE`.
+    the confounded set with `protocli train DATA RUN --backbone tiny --weights FILE`.
     """
 
     def go():
@@ -106,8 +108,10 @@ def pretrain(
 @app.command()
 def train(
     data: Path = typer.Argument(..., help="Dataset root in the CUB-200-2011 layout."),
-    run: Path = typer.Option(..., "--run", "--run-dir", help="Run folder to create (or continue with --resume). "
-                             "Under torchrun write --run-dir: torchrun takes --run for its own --run-path."),
+    run: Path | None = typer.Argument(None, show_default=False,
+                                      help="Run folder to create (or continue with --resume)."),
+    old_run: Path | None = typer.Option(None, "--run", hidden=True, help="Old spelling of RUN."),
+    old_run_dir: Path | None = typer.Option(None, "--run-dir", hidden=True, help="Old spelling of RUN (torchrun)."),
     backbone: str = typer.Option("resnet34", help="resnet18..152, vgg11..19[_bn], densenet121..201, tiny; "
                                  "a ResNet cut early as e.g. resnet18@layer3."),
     pretrained: bool = typer.Option(False, help="Start the backbone from torchvision's ImageNet weights."),
@@ -147,14 +151,20 @@ def train(
     sync_bn: bool = typer.Option(False, "--sync-bn", help="Under torchrun on CUDA: BatchNorm statistics over "
                                  "the global batch (default: each process's own, as DataParallel)."),
     seed: int = SEED_OPT,
-    resume: bool = typer.Option(False, help="Continue an interrupted training of --run from its checkpoint."),
+    resume: bool = typer.Option(False, help="Continue an interrupted training of RUN from its checkpoint."),
     wait: bool = WAIT_OPT,
     as_json: bool = JSON_OPT,
     quiet: bool = QUIET_OPT,
 ):
     """Train the baseline ProtoPNet: warm -> joint -> push -> last layer.
 
-    Several GPUs: torchrun --nproc-per-node N -m protocli train ... (--batch-size is the global batch)."""
+    Several GPUs: torchrun --nproc-per-node N -m protocli train DATA RUN ... (--batch-size is the global
+    batch)."""
+    how = "give the run folder as the second argument: protocli train DATA RUN"
+    run = renamed(run, old_run_dir, "RUN", "--run-dir", quiet, how)
+    run = renamed(run, old_run, "RUN", "--run", quiet, how)
+    if run is None:
+        say_error("train needs a run folder to create: protocli train DATA RUN")
 
     def go():
         from protocli import distributed

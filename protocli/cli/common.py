@@ -184,6 +184,34 @@ def interrupted_message(committed: list[tuple[str, str]]) -> str:
     return f"committed before the interrupt and kept: {kept}; {tail}"
 
 
+def say_error(text: str, code: int = 2):
+    """One "error: ..." line on stderr and exit `code`, for faults found before a stage runs."""
+    from rich.text import Text
+
+    from protocli.console import console
+
+    console.print(Text.assemble(("error: ", "red"), text), highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def renamed(new, old, new_name: str, old_name: str, quiet: bool = False, how: str | None = None):
+    """The value of an option that was renamed: `new` (the new spelling's value) or, when only the old,
+    hidden spelling was given, `old`, after a one-line note on stderr (unless -q; `how` says what to
+    write instead). Both, with different values: exit 2. Under torchrun only rank 0 prints the note."""
+    if old is None:
+        return new
+    if new is not None and new != old:
+        say_error(f"{old_name} is the old spelling of {new_name}: give one of them")
+    if not quiet and os.environ.get("RANK", "0") == "0":
+        from rich.text import Text
+
+        from protocli.console import console
+
+        console.print(Text.assemble(("note: ", "yellow"), f"{old_name} is deprecated and will go; "
+                                    f"{how or 'write ' + new_name}"), highlight=False, soft_wrap=True)
+    return old
+
+
 def kv(title: str):
     """A `show` for `execute`: the result as a key-value table titled `title`."""
 

@@ -9,7 +9,8 @@ Checks, collecting every fault before reporting:
   and still covers pixels after ProtoPNet's integer crop;
 - when segmentations/ exists: every image has a mask that decodes and has the image's size.
 The error is one line: the first fault (file and line, in images.txt order) and the total count.
-Decoding runs on a thread pool (PIL releases the GIL while decoding). No torch import here.
+Decoding runs on a thread pool (PIL releases the GIL while decoding), with a progress bar on stderr.
+No torch import here.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from protocli.console import progress_bar
 from protocli.data.cub import Item, crop_box, faults_message, read_index
 from protocli.errors import BadInput
 
@@ -74,10 +76,12 @@ def check(root: Path, workers: int | None = None) -> dict:
     faults = list(idx.faults)
     masks = (root / "segmentations").is_dir()
     workers = workers or min(8, 2 * (os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with ThreadPoolExecutor(max_workers=workers) as pool, \
+            progress_bar("checking images and masks" if masks else "checking images", len(idx.items)) as advance:
         found = pool.map(lambda it: _check_item(root, it, idx.lines[it.id], masks), idx.items)
         for item_faults in found:  # map keeps images.txt order, so "first fault" is deterministic
             faults.extend(item_faults)
+            advance()
     if not idx.items and not faults:
         faults.append(f"{root / 'images.txt'}: lists no images")
     if faults:

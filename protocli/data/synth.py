@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from protocli.console import progress_bar
 from protocli.errors import BadInput
 
 ATTRIBUTES = (("head", ("red", "blue", "yellow")), ("wing", ("striped", "dotted", "checked")),
@@ -301,7 +302,7 @@ def _sample(tmp: Path, table: list[dict], label: int, k: int, train: bool, size:
 
 
 def synth(out: Path, classes: int = 8, train_per_class: int = 40, test_per_class: int = 20, size: int = 96,
-          confound: float = 0.8, seed: int = 0, progress=None, family: str = "birds") -> dict:
+          confound: float = 0.8, seed: int = 0, family: str = "birds") -> dict:
     """Write the dataset to OUT (must not exist or be empty) and return a summary dict."""
     start = time.perf_counter()
     out = Path(out)
@@ -327,15 +328,15 @@ def synth(out: Path, classes: int = 8, train_per_class: int = 40, test_per_class
         try:
             results = pool.map(lambda job: _sample(tmp, table, *job, size, confound, seed, digits, draw), jobs)
             done = zip(jobs, results, strict=True)
-            for i, ((label, _, train), (rel, box, fraction, bg)) in enumerate(done, 1):
-                lines["images"].append(f"{i} {rel}")
-                lines["labels"].append(f"{i} {label + 1}")
-                lines["split"].append(f"{i} {int(train)}")
-                lines["boxes"].append(f"{i} " + " ".join(f"{v:.1f}" for v in box))
-                fractions.append(fraction)
-                backgrounds.append(bg)
-                if progress is not None:
-                    progress(1)
+            with progress_bar("drawing images", len(jobs)) as advance:
+                for i, ((label, _, train), (rel, box, fraction, bg)) in enumerate(done, 1):
+                    lines["images"].append(f"{i} {rel}")
+                    lines["labels"].append(f"{i} {label + 1}")
+                    lines["split"].append(f"{i} {int(train)}")
+                    lines["boxes"].append(f"{i} " + " ".join(f"{v:.1f}" for v in box))
+                    fractions.append(fraction)
+                    backgrounds.append(bg)
+                    advance()
         finally:  # on Ctrl-C or an error, drop the queued images instead of drawing them all first
             pool.shutdown(wait=True, cancel_futures=True)
         files = {"images.txt": lines["images"], "image_class_labels.txt": lines["labels"],
