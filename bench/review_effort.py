@@ -93,8 +93,9 @@ def signal_table(run: Path, criterion: str, combos: list[tuple[str, ...]]) -> di
     from protocli import suspicion as su
     from protocli.cache import latents
     from protocli.effort import walk
+    from protocli.model import pushed_prototypes as pushed_vectors
     from protocli.run import Run
-    from protocli.simulate import push_object_stats, pushed_vectors
+    from protocli.simulate import push_object_stats
 
     r = Run.open(run)
     cub, push = r.cub(), r.require_push()

@@ -194,6 +194,12 @@ def load(path: str | Path, num_prototypes: int | None = None, dim: int | None = 
     return _validate(data, path, num_prototypes, dim, known_pushes)
 
 
+def load_for_run(run, path: Path | None, num_prototypes: int, dim: int) -> tuple[Antitypes, Path]:
+    """The run's decisions file (or `path`), checked against its prototypes and pushes -> (antitypes, path)."""
+    path = Path(path) if path is not None else run.antitypes_path
+    return load(path, num_prototypes=num_prototypes, dim=dim, known_pushes=run.pushes()), path
+
+
 def _validate(data: Any, path: Path, num_prototypes: int | None, dim: int | None,
               known_pushes: list[str] | None) -> Antitypes:
     def bad(msg: str) -> BadInput:

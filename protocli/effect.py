@@ -27,16 +27,15 @@ class MaskEffect:
     def __init__(self, run_dir: Path, push_dir: Path | None = None, device=None, steps: int = 60,
                  lr: float | None = None, budget_s: float = 0.6, mask_epochs: int = 20, mask_lr: float = 1e-4):
         from protocli.cache import min_distances, run_latents
-        from protocli.model import log_similarity
+        from protocli.model import log_similarity, pushed_prototypes
         from protocli.run import Run
         from protocli.runtime import pick_device
-        from protocli.simulate import pushed_vectors
 
         self.device = device or pick_device("auto")  # a large run's refit wants the GPU when there is one
         run = Run.open(run_dir)
         push_dir = Path(push_dir) if push_dir is not None else run.require_push()
         model = run.load_model(self.device)
-        if not torch.equal(model.prototypes.detach().cpu().float(), pushed_vectors(push_dir)):
+        if not torch.equal(model.prototypes.detach().cpu().float(), pushed_prototypes(push_dir)):
             raise BadInput("the run's prototypes are no longer those of this push", push_dir)
         model.eval()
         ztr, ytr, zte, yte = run_latents(run, model, run.cub(), self.device)

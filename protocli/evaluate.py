@@ -16,39 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
+from protocli.activation_maps import percentile_rows, upsample
 from protocli.console import warn
-
-
-def box_overlap(boxes: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Fraction of each box [x0, y0, x1, y1) covered by its mask: boxes (R, 4), masks (R, S, S) bool."""
-    m = F.pad(masks.float().cumsum(1).cumsum(2), (1, 0, 1, 0))  # integral image (R, S+1, S+1)
-    r = torch.arange(len(boxes))
-    x0, y0, x1, y1 = boxes.long().unbind(1)
-    inside = m[r, y1, x1] - m[r, y0, x1] - m[r, y1, x0] + m[r, y0, x0]
-    area = ((x1 - x0) * (y1 - y0)).clamp(min=1).float()
-    return inside / area
-
-
-def cell_values(grid_masks: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
-    """Grid-mask value (0..255) at each prototype's cell: grid_masks (R, H, W), cells (R, 2) -> (R,)."""
-    r = torch.arange(len(cells))
-    return grid_masks[r, cells[:, 0], cells[:, 1]]
-
-
-def object_stats(doc: dict, train_masks: torch.Tensor, train_grid_masks: torch.Tensor) -> dict:
-    """Per-prototype overlap and non-object flags for a push document (prototypes.json).
-
-    train_masks: bool (N, S, S) in input space (box overlap); train_grid_masks: uint8 (N, H, W) from
-    `cache.grid_masks` (cell criterion; "cell_fraction" is its value / 255, the authors' number)."""
-    protos = doc["prototypes"]
-    idx = torch.tensor([p["image_index"] for p in protos], dtype=torch.long)
-    boxes = torch.tensor([p["box"] for p in protos], dtype=torch.long)
-    cells = torch.tensor([p["cell"] for p in protos], dtype=torch.long)
-    overlap = box_overlap(boxes, train_masks[idx])
-    value = cell_values(train_grid_masks[idx], cells)
-    return {"overlap": overlap, "cell_fraction": value.float() / 255, "box": overlap <= 0, "cell": value == 0}
+from protocli.metrics import accuracy_from_min_d, object_stats
 
 
 def activation_precision(model, z: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, device,
@@ -75,7 +46,6 @@ def _apr_batch_sums(model, z: torch.Tensor, y: torch.Tensor, masks: torch.Tensor
                     batch_size: int) -> torch.Tensor:
     """Per batch: (sum of the top-5% object shares, number of (image, active prototype) pairs),
     float64 (batches, 2)."""
-    from protocli.push import percentile_rows, upsample
 
     ppc = model.cfg.prototypes_per_class
     size = masks.shape[-1]
@@ -104,7 +74,6 @@ def evaluate_model(run, model, cub, device, criterion: str = "box", apr: bool = 
     With `dist` (several processes) the distance and activation-precision work is sharded."""
     from protocli import distributed
     from protocli.cache import grid_masks, masks, min_distances, run_latents
-    from protocli.train import accuracy_from_min_d
 
     dist = dist or distributed.SINGLE
     crop = run.crop

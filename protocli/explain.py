@@ -20,9 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from protocli.activation_maps import high_activation_boxes, similarity_maps, upsample
 from protocli.console import info, print_table, warn
 from protocli.errors import BadInput
 from protocli.files import atomic_write_bytes
+from protocli.pictures import draw_box, jet
 from protocli.runfiles import read_push_doc
 
 
@@ -70,7 +72,6 @@ def explain_image(run_dir: Path, image: Path, top: int = 5, out: Path | None = N
     """Explain the model's prediction for one image; write the PNG and return the explanation."""
     from protocli.data.transforms import eval_transform
     from protocli.model import log_similarity
-    from protocli.push import high_activation_boxes, similarity_maps, upsample
     from protocli.run import Run
 
     if top < 1:
@@ -138,7 +139,6 @@ def _figure(result: dict, pixels: np.ndarray, heat: np.ndarray, push_dir: Path |
     """PNG bytes: the input and its prediction, then per prototype: patch | box on input | heatmap."""
     from matplotlib.figure import Figure
 
-    from protocli.push import draw_box, jet
 
     rows = result["prototypes"]
     fig = Figure(figsize=(7.5, 2.4 * (len(rows) + 1)), layout="constrained")

@@ -19,18 +19,19 @@ from pathlib import Path
 
 import torch
 
+from protocli.antitypes import load_for_run
 from protocli.console import info
 from protocli.errors import BadInput
+from protocli.metrics import accuracy_from_min_d
+from protocli.phases import train_last_layer
 
 
 def rejected_on_latest_push(
     run, antitypes_path: Path | None, num_prototypes: int, dim: int
 ) -> tuple[list, str]:
     """Prototype ids rejected on the run's latest push -> (ids, push id). BadInput when undecided."""
-    from protocli.simulate import load_antitypes
-
     push = run.require_push().name
-    ants, path = load_antitypes(run, antitypes_path, num_prototypes, dim)
+    ants, path = load_for_run(run, antitypes_path, num_prototypes, dim)
     if not ants.decided(push):
         where = f"decisions on {ants.push}" if ants.push else "no decisions"
         raise BadInput(
@@ -62,7 +63,6 @@ def mask_model(
     `splits`: the run's latents as `cache.run_latents` returns them, when the caller has them already.
     `kind` and `stage_info`: the stage's kind and extra manifest fields (`prune` uses both)."""
     from protocli.cache import min_distances, run_latents
-    from protocli.train import accuracy_from_min_d, train_last_layer
 
     t0 = time.perf_counter()
     tcfg = run.manifest.get("train", {})

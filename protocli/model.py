@@ -241,3 +241,10 @@ def export_state(model: nn.Module) -> dict[str, torch.Tensor]:
     channels_last turns conv weights non-contiguous, which safetensors refuses to write.
     """
     return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+
+
+def pushed_prototypes(push_dir: Path) -> torch.Tensor:
+    """The prototype vectors a push stage saved (P, D) float32: the latent vectors they were pushed to."""
+    from protocli.runfiles import pushed_vectors
+
+    return torch.from_numpy(pushed_vectors(push_dir))

@@ -18,83 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from protocli.activation_maps import high_activation_boxes, similarity_maps, upsample
 from protocli.console import info, warn
 from protocli.errors import BadInput
 from protocli.files import atomic_write_bytes, atomic_write_json
 from protocli.nearest import k_nearest_patches, nearest_patches
-
-
-def percentile_rows(x: torch.Tensor, q: float) -> torch.Tensor:
-    """Per-row percentile with linear interpolation (numpy's default), x (R, n)."""
-    n = x.shape[1]
-    pos = q / 100 * (n - 1)
-    lo, frac = int(np.floor(pos)), pos - np.floor(pos)
-    k = min(lo + 1, n - 1)
-    v = torch.topk(x, n - lo, dim=1, largest=True).values  # top n-lo values, descending
-    a, b = v[:, -1], v[:, -1 - (k - lo)] if k > lo else v[:, -1]
-    return a + (b - a) * frac
-
-
-def upsample(maps: torch.Tensor, size: int) -> torch.Tensor:
-    """(R, H, W) -> (R, S, S) bicubic, as the original's cv2.resize(INTER_CUBIC)."""
-    return F.interpolate(maps[:, None].float(), size=(size, size), mode="bicubic", align_corners=False)[:, 0]
-
-
-def high_activation_boxes(sim_maps: torch.Tensor, size: int, q: float = 95.0, chunk: int = 128) -> torch.Tensor:
-    """Box [x0, y0, x1, y1) around the pixels at or above the q-th percentile of the upsampled map."""
-    out = []
-    for i in range(0, len(sim_maps), chunk):
-        up = upsample(sim_maps[i:i + chunk], size)
-        thr = percentile_rows(up.flatten(1), q)
-        m = up >= thr[:, None, None]
-        rows, cols = m.any(dim=2), m.any(dim=1)  # (R, S)
-        idx = torch.arange(size)
-        y0 = torch.where(rows, idx, size).min(1).values
-        y1 = torch.where(rows, idx, -1).max(1).values + 1
-        x0 = torch.where(cols, idx, size).min(1).values
-        x1 = torch.where(cols, idx, -1).max(1).values + 1
-        out.append(torch.stack([x0, y0, x1, y1], dim=1))
-    return torch.cat(out) if out else torch.empty(0, 4, dtype=torch.long)
-
-
-def similarity_maps(model, z_sel: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
-    """Log-similarity maps of prototype r on latent grid r: z_sel (R, D, H, W), protos (R, D) -> (R, H, W)."""
-    from protocli.model import log_similarity
-
-    d = ((z_sel.float() - protos.float()[:, :, None, None]) ** 2).sum(1)
-    return log_similarity(d)
-
-
-def jet(v: np.ndarray) -> np.ndarray:
-    """A jet-like colormap: values in [0, 1] (H, W) -> uint8 (H, W, 3)."""
-    r = np.clip(1.5 - np.abs(4 * v - 3), 0, 1)
-    g = np.clip(1.5 - np.abs(4 * v - 2), 0, 1)
-    b = np.clip(1.5 - np.abs(4 * v - 1), 0, 1)
-    return (np.stack([r, g, b], -1) * 255).astype(np.uint8)
-
-
-def _png(arr: np.ndarray) -> bytes:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def draw_box(img: np.ndarray, box, color=(255, 230, 0), width: int = 2) -> np.ndarray:
-    out = img.copy()
-    x0, y0, x1, y1 = (int(v) for v in box)
-    w = max(1, min(width, (x1 - x0) // 2, (y1 - y0) // 2))
-    for t in range(w):
-        out[y0 + t, x0:x1] = color
-        out[y1 - 1 - t, x0:x1] = color
-        out[y0:y1, x0 + t] = color
-        out[y0:y1, x1 - 1 - t] = color
-    return out
+from protocli.pictures import draw_box, jet, png
 
 
 def load_input_images(cub, items, size: int, crop: bool) -> dict[int, np.ndarray]:
@@ -216,15 +146,15 @@ def write_pictures(folder: Path, protos: list[dict], maps: torch.Tensor, cub, si
         j = p["prototype"]
         img = imgs[p["image_index"]]
         x0, y0, x1, y1 = p["box"]
-        atomic_write_bytes(folder / "patches" / f"{j:04d}.png", _png(img[y0:y1, x0:x1]))
-        atomic_write_bytes(folder / "images" / f"{j:04d}.png", _png(draw_box(img, p["box"])))
+        atomic_write_bytes(folder / "patches" / f"{j:04d}.png", png(img[y0:y1, x0:x1]))
+        atomic_write_bytes(folder / "images" / f"{j:04d}.png", png(draw_box(img, p["box"])))
         m = up[j]
         m = (m - m.min()) / max(float(m.max() - m.min()), 1e-12)
         heat = (0.5 * img + 0.5 * jet(m)).clip(0, 255).astype(np.uint8)
-        atomic_write_bytes(folder / "heatmaps" / f"{j:04d}.png", _png(draw_box(heat, p["box"])))
+        atomic_write_bytes(folder / "heatmaps" / f"{j:04d}.png", png(draw_box(heat, p["box"])))
         for r, n in enumerate(p["nearest"]):
             a, b, c, d = n["box"]
-            atomic_write_bytes(folder / "nearest" / f"{j:04d}_{r + 1}.png", _png(imgs[n["image_index"]][b:d, a:c]))
+            atomic_write_bytes(folder / "nearest" / f"{j:04d}_{r + 1}.png", png(imgs[n["image_index"]][b:d, a:c]))
         return 3 + len(p["nearest"])
 
     with ThreadPoolExecutor(max_workers=4) as ex:

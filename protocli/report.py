@@ -31,6 +31,8 @@ import torch
 
 from protocli.console import info
 from protocli.files import atomic_write_bytes, atomic_write_text
+from protocli.metrics import object_stats
+from protocli.model import pushed_prototypes
 from protocli.runfiles import read_push_doc, read_rounds
 
 PCA_SAMPLE = 20000  # grid vectors in the PCA: enough for smooth densities, fast on a CPU
@@ -213,7 +215,7 @@ def report_run(run_dir: Path, out: Path | None = None, conditions: list[dict] | 
     """Write the figures and report.md of a run; `conditions` (rows of `demo`) adds a comparison table.
     `criterion` (box or cell) decides which prototypes the figures and `non_object` count as non-object."""
     from protocli.cache import grid_masks, masks
-    from protocli.evaluate import evaluate_model, object_stats
+    from protocli.evaluate import evaluate_model
     from protocli.run import Run
     from protocli.runtime import pick_device
 
@@ -274,7 +276,6 @@ def object_figures(out: Path, run, model, cub, pushes: list[Path], stats: list[d
     """The figures that need object masks: gallery, overlap histogram, latent PCA."""
     from protocli.cache import latents
     from protocli.runfiles import push_is_current
-    from protocli.simulate import pushed_vectors
 
     figures = {}
     first_bad = torch.nonzero(stats[0][criterion]).flatten()
@@ -293,7 +294,7 @@ def object_figures(out: Path, run, model, cub, pushes: list[Path], stats: list[d
     figures["overlap_hist"] = str(overlap_figure(out / "overlap_hist.png", ovs))
     ztr, _ = latents(model, cub, "train", crop=run.crop, cache_dir=run.cache_dir, device=device)
     cell_obj = gtr > 0  # the cell criterion's grid masks
-    traj = [pushed_vectors(p) for p in pushes]
+    traj = [pushed_prototypes(p) for p in pushes]
     now = model.prototypes.detach().cpu().float()
     if not push_is_current(model.state_dict(), pushes[-1]):
         traj.append(now)  # revised after the last push: show where the prototypes are now

@@ -26,9 +26,12 @@ from pathlib import Path
 import torch
 
 from protocli import losses
+from protocli.antitypes import load_for_run
 from protocli.console import info, progress_bar
 from protocli.errors import BadInput
 from protocli.files import append_jsonl
+from protocli.metrics import accuracies_on_cache, accuracy_from_min_d
+from protocli.phases import set_phase, train_last_layer
 from protocli.revise_config import ReviseConfig
 
 DATA_NOTE = "cached latents of the unaugmented training images"
@@ -36,8 +39,6 @@ DATA_NOTE = "cached latents of the unaugmented training images"
 
 def set_revise_phase(model) -> None:
     """Prototypes and last layer trainable; backbone and add-on frozen and in eval()."""
-    from protocli.train import set_phase
-
     set_phase(model, "frozen")
     model.prototypes.requires_grad_(True)
     for p in model.last_layer.parameters():
@@ -200,7 +201,6 @@ def revise_prototypes(
     `ztr`, `ytr` (and `test` = (z, y)) may live on the CPU; they are moved to the model's device once.
     """
     from protocli.cache import min_distances
-    from protocli.train import accuracy_from_min_d
 
     dev = model.prototypes.device
     z, y = cells_last(ztr, dev), ytr.to(dev)  # fp16 cache -> fp32 once, not per batch
@@ -224,8 +224,6 @@ def revise_prototypes(
             if log is not None:
                 append_jsonl(log, rec)
             advance(1, info=f"refine {rec['refine']:.3f} acc {rec['train_accuracy']:.3f}")
-    from protocli.train import set_phase
-
     set_phase(model, "frozen")
     return history
 
@@ -240,7 +238,6 @@ def revise_model(
     (the encoder is frozen, so they stay valid across rounds)."""
     from protocli.cache import min_distances, run_latents
     from protocli.push import push_model
-    from protocli.train import accuracies_on_cache, accuracy_from_min_d, train_last_layer
 
     cfg.check()
     t0 = time.perf_counter()
@@ -334,9 +331,7 @@ def _brief(rec: dict) -> dict:
 
 def antitype_matrix(run, antitypes: Path | None, num_prototypes: int, dim: int) -> torch.Tensor:
     """Q: every antitype vector in the decisions file, (S, D) float32. BadInput when there is none."""
-    from protocli.simulate import load_antitypes
-
-    ants, path = load_antitypes(run, antitypes, num_prototypes, dim)
+    ants, path = load_for_run(run, antitypes, num_prototypes, dim)
     q = torch.from_numpy(ants.vectors(dim)).float().reshape(-1, dim)
     if len(q) == 0:
         raise BadInput(

@@ -34,6 +34,8 @@ import torch
 from protocli.console import info
 from protocli.errors import BadInput
 from protocli.files import atomic_write_json
+from protocli.metrics import accuracies_on_cache
+from protocli.model import pushed_prototypes
 
 USERS = ("simulated", "tui")
 EFFORT = ("keys", "looked_90", "looked_100")  # the simulated user's review effort (simulate.review_walk)
@@ -71,7 +73,7 @@ def consult(run, cub, user: str, criterion: str, ask=None, order: str = "id", lo
     are done, having written their decisions to the run's antitypes.json."""
     from protocli import antitypes as atmod
     from protocli.runfiles import read_push_doc
-    from protocli.simulate import carry_candidates, pushed_vectors, simulate
+    from protocli.simulate import carry_candidates, simulate
 
     if user == "simulated":
         r = simulate(run, criterion=criterion, cub=cub, order=order, look_alikes=look_alikes)
@@ -84,7 +86,7 @@ def consult(run, cub, user: str, criterion: str, ask=None, order: str = "id", lo
             **{k: r[k] for k in EFFORT},
         }
     push_dir = run.require_push()
-    vectors = pushed_vectors(push_dir)
+    vectors = pushed_prototypes(push_dir)
     doc = read_push_doc(push_dir)
     known = run.pushes()
     before = atmod.load(run.antitypes_path, len(vectors), vectors.shape[1], known)
@@ -171,7 +173,6 @@ def rounds_run(
     from protocli.mask import mask_model
     from protocli.revise import ReviseConfig, antitype_matrix, revise_model
     from protocli.run import Run
-    from protocli.train import accuracies_on_cache
 
     if user not in USERS:
         raise BadInput(f"--user {user}: expected simulated or tui")

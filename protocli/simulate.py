@@ -28,17 +28,12 @@ import torch
 
 from protocli import antitypes as atmod
 from protocli.errors import BadInput
+from protocli.metrics import object_stats
+from protocli.model import pushed_prototypes
 from protocli.runfiles import read_push_doc
 
 CRITERIA = ("box", "cell")
 ORDERS = ("id", "suspicion")
-
-
-def pushed_vectors(push_dir: Path) -> torch.Tensor:
-    """The prototype vectors a push stage saved (P, D) float32: the latent vectors they were pushed to."""
-    from protocli.runfiles import pushed_vectors as read_vectors
-
-    return torch.from_numpy(read_vectors(push_dir))
 
 
 def push_object_stats(run, cub, push_dir: Path | None = None) -> dict:
@@ -47,7 +42,6 @@ def push_object_stats(run, cub, push_dir: Path | None = None) -> dict:
     Returns the push document too, so callers do not read it twice. Needs a dataset with masks.
     """
     from protocli.cache import grid_masks, masks
-    from protocli.evaluate import object_stats
 
     push_dir = Path(push_dir) if push_dir is not None else run.require_push()
     if not cub.has_masks:
@@ -94,11 +88,6 @@ def carry_candidates(ants: atmod.Antitypes, run, doc: dict) -> tuple[dict | None
     return old, {j: v for j, v in verdicts.items() if j in same}
 
 
-def load_antitypes(run, path: Path | None, num_prototypes: int, dim: int) -> tuple[atmod.Antitypes, Path]:
-    path = Path(path) if path is not None else run.antitypes_path
-    return atmod.load(path, num_prototypes=num_prototypes, dim=dim, known_pushes=run.pushes()), path
-
-
 def review_walk(run, push_dir: Path, vectors: torch.Tensor, flags: torch.Tensor, decided: set[int],
                 order: str, look_alikes: bool, cub=None) -> dict:
     """The review effort of the undecided non-object prototypes in the TUI's `order`, with or without
@@ -131,11 +120,11 @@ def simulate(run, criterion: str = "box", antitypes: Path | None = None, cub=Non
     stats = push_object_stats(run, cub, push_dir)
     doc = stats["doc"]
     push = doc.get("push", push_dir.name)
-    vectors = pushed_vectors(push_dir)
+    vectors = pushed_prototypes(push_dir)
     P, D = vectors.shape
     if len(doc["prototypes"]) != P:
         raise BadInput(f"{len(doc['prototypes'])} prototypes but {P} vectors", push_dir / "prototypes.json")
-    ants, path = load_antitypes(run, antitypes, P, D)
+    ants, path = atmod.load_for_run(run, antitypes, P, D)
     if ants.push is not None and atmod.push_key(ants.push) > atmod.push_key(push):
         raise BadInput(
             f"antitypes file is on push {ants.push}, newer than the run's latest push {push}", path

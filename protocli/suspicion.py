@@ -211,13 +211,13 @@ def compute(run, push_dir: Path | None = None, cub=None, device=None, splits=Non
 
     from protocli import antitypes as atmod
     from protocli.cache import latents
+    from protocli.model import pushed_prototypes
     from protocli.runtime import pick_device
-    from protocli.simulate import pushed_vectors
 
     device = device or pick_device("auto")
     push_dir = Path(push_dir) if push_dir is not None else run.require_push()
     doc = read_json(push_dir / "prototypes.json", "push file")
-    vectors = pushed_vectors(push_dir)
+    vectors = pushed_prototypes(push_dir)
     if len(doc["prototypes"]) != len(vectors):
         raise BadInput(f"{len(doc['prototypes'])} prototypes but {len(vectors)} vectors", push_dir / "prototypes.json")
     if splits is not None:

@@ -18,28 +18,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from protocli import distributed, losses
 from protocli.console import info, progress_bar, warn
 from protocli.errors import BadInput
 from protocli.files import append_jsonl
+from protocli.phases import set_phase, train_last_layer
 from protocli.recipes import TrainConfig
 from protocli.runtime import autocast, default_workers, seed_everything
-
-
-def set_phase(model, phase: str) -> None:
-    """warm: add-on + prototypes; joint: + backbone; last: last layer only. Frozen parts in eval()."""
-    trainable = {"warm": ("add_on", "prototypes"), "joint": ("features", "add_on", "prototypes"),
-                 "last": ("last_layer",), "frozen": ()}[phase]
-    for name in ("features", "add_on", "last_layer"):
-        mod = getattr(model, name)
-        on = name in trainable
-        mod.train(on)
-        for p in mod.parameters():
-            p.requires_grad_(on)
-    model.prototypes.requires_grad_("prototypes" in trainable)
 
 
 def make_optimizers(model, cfg: TrainConfig):
@@ -92,57 +79,6 @@ def train_epoch(model, loader, optimizer, coefs: dict, device, *, amp: bool, cha
     out["loss"] = out.pop("total", None)
     out["train_accuracy"] = correct / max(seen, 1)
     return out
-
-
-def accuracy_from_min_d(model, min_d: torch.Tensor, y: torch.Tensor) -> float:
-    with torch.no_grad():
-        logits = model.classify(min_d.to(model.prototypes.device))
-        return float((logits.argmax(1).cpu() == y).float().mean()) if len(y) else 0.0
-
-
-def accuracies_on_cache(model, test: tuple, train: tuple, device) -> tuple[float, float]:
-    """Accuracy on cached latents: `test` and `train` are (z, y) pairs -> (test accuracy, train accuracy)."""
-    from protocli.cache import min_distances
-
-    return tuple(accuracy_from_min_d(model, min_distances(model, z, device), y) for z, y in (test, train))
-
-
-def train_last_layer(model, min_d: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float, l1: float,
-                     batch_size: int, generator: torch.Generator, test: tuple | None = None,
-                     log: Path | None = None, desc: str = "last layer") -> dict:
-    """Adam on the last layer only, from fixed min distances (N, P). CE + l1 * L1(wrong-class weights).
-
-    The cluster and separation terms of the full loss do not depend on the last layer, so they are
-    left out here: they would change nothing but the logged value.
-    """
-    set_phase(model, "last")
-    dev = model.prototypes.device
-    opt = torch.optim.Adam(model.last_layer.parameters(), lr=lr)
-    n = len(y)
-    md, yy = min_d.to(dev), y.to(dev)
-    rec: dict = {}
-    with progress_bar(desc, epochs) as advance:
-        for epoch in range(epochs):
-            perm = torch.randperm(n, generator=generator).to(dev)
-            tot = correct = 0.0
-            for i in range(0, n, batch_size):
-                idx = perm[i:i + batch_size]
-                logits = model.classify(md[idx])
-                loss = F.cross_entropy(logits, yy[idx]) + l1 * losses.l1_wrong_class(
-                    model.last_layer.weight, model.class_identity)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                tot += float(loss.detach()) * len(idx)
-                correct += float((logits.argmax(1) == yy[idx]).sum())
-            rec = {"phase": "last", "epoch": epoch, "loss": tot / n, "train_accuracy": correct / n}
-            if test is not None:
-                rec["test_accuracy"] = accuracy_from_min_d(model, *test)
-            if log is not None:
-                append_jsonl(log, rec)
-            advance(1, info=f"acc {rec['train_accuracy']:.3f}")
-    set_phase(model, "frozen")
-    return rec
 
 
 def _loader(cub, split, transform, cfg: TrainConfig, shuffle: bool, generator: torch.Generator, device,

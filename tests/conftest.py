@@ -58,8 +58,8 @@ def tiny_run(_tiny_run_master, tmp_path) -> Path:
 def lone(run_dir: Path) -> list[int]:
     """Prototypes of the run's latest push whose pushed vector no other prototype shares (so a reject
     of one puts into Q no vector that an accepted prototype also holds)."""
+    from protocli.model import pushed_prototypes as pushed_vectors
     from protocli.run import Run
-    from protocli.simulate import pushed_vectors
 
     v = pushed_vectors(Run.open(run_dir).require_push()).double()
     d = torch.cdist(v, v) + torch.diag(torch.full((len(v),), float("inf"), dtype=v.dtype))
@@ -70,9 +70,9 @@ def reject(run_dir: Path, prototypes: list[int], by: str = "user") -> str:
     """Decide the latest push of a run as `simulate` does, but with the verdicts given: reject
     `prototypes` (their pushed vectors join Q) and accept the others. Returns the push id."""
     from protocli import antitypes as atmod
+    from protocli.model import pushed_prototypes as pushed_vectors
     from protocli.run import Run
     from protocli.runfiles import read_push_doc
-    from protocli.simulate import pushed_vectors
 
     run = Run.open(run_dir)
     push_dir = run.require_push()

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from protocli.cache import grid_masks
-from protocli.evaluate import object_stats
+from protocli.metrics import object_stats
 
 PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed point for 8-bit images
 
@@ -147,7 +147,7 @@ def _brute_log_sim(z: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
 
 def _brute_box(sim: torch.Tensor, size: int) -> list[int]:
     """The original's box: bicubic upsample, pixels >= the 95th percentile, their bounding box."""
-    from protocli.push import upsample  # cv2 INTER_CUBIC equivalent, checked in test_push_math
+    from protocli.activation_maps import upsample  # cv2 INTER_CUBIC equivalent, checked in test_push_math
 
     up = upsample(sim[None].float(), size)[0].numpy()
     ys, xs = np.nonzero(up >= np.percentile(up, 95))
@@ -218,9 +218,9 @@ def test_k_nearest_patches_brute_force():
 def test_nearest_after_push_starts_with_the_own_patch_at_zero(tiny_run):
     from protocli.cache import latents
     from protocli.files import read_json
+    from protocli.model import pushed_prototypes as pushed_vectors
     from protocli.push import push_run
     from protocli.run import Run
-    from protocli.simulate import pushed_vectors
 
     res = push_run(tiny_run, torch.device("cpu"))
     run = Run.open(tiny_run)
@@ -326,7 +326,7 @@ def _cv2_inter_cubic_by_hand(m: np.ndarray, size: int) -> np.ndarray:
 
 def test_box_upsampling_is_cv2_inter_cubic():
     """The original upsamples the activation map with cv2.resize(INTER_CUBIC) before the percentile box."""
-    from protocli.push import upsample
+    from protocli.activation_maps import upsample
 
     maps = torch.rand(4, 7, 7, generator=torch.Generator().manual_seed(6)) * 9
     ours = upsample(maps, 224).numpy()

@@ -23,9 +23,10 @@ from protocli import antitypes as at
 from protocli.cli import app
 from protocli.errors import BadInput
 from protocli.mask import rejected_on_latest_push
+from protocli.model import pushed_prototypes as pushed_vectors
 from protocli.review.state import list_pushes, open_state
 from protocli.run import Run
-from protocli.simulate import push_object_stats, pushed_vectors, simulate
+from protocli.simulate import push_object_stats, simulate
 
 MISSING = object()  # "delete the key"
 BAD_INDEX = ["0", None, 1.5, True, -1]

@@ -3,10 +3,10 @@
 import numpy as np
 import torch
 
-from protocli.evaluate import box_overlap
+from protocli.activation_maps import high_activation_boxes, percentile_rows, upsample
+from protocli.metrics import box_overlap
 from protocli.model import ModelConfig, build_model
 from protocli.nearest import nearest_patches
-from protocli.push import high_activation_boxes, percentile_rows, upsample
 
 
 def test_percentile_rows_matches_numpy():

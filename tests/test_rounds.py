@@ -160,7 +160,7 @@ def test_push_is_reused_only_when_nothing_changed(tiny_run):
 
 def test_tui_user_is_consulted_and_clicks_counted(tiny_run, monkeypatch):
     from protocli import review as review_pkg
-    from protocli.simulate import pushed_vectors
+    from protocli.model import pushed_prototypes as pushed_vectors
 
     calls = []
 

@@ -16,10 +16,12 @@ from protocli import antitypes as atmod
 from protocli.cache import grid_masks, masks
 from protocli.cli import app
 from protocli.errors import BadInput
-from protocli.evaluate import evaluate_run, object_stats
+from protocli.evaluate import evaluate_run
 from protocli.files import read_json
+from protocli.metrics import object_stats
+from protocli.model import pushed_prototypes as pushed_vectors
 from protocli.run import Run
-from protocli.simulate import pushed_vectors, simulate_run
+from protocli.simulate import simulate_run
 
 
 def _stats(run_dir):

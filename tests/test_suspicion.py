@@ -142,8 +142,8 @@ def test_simulate_reports_effort_and_same_decisions(tiny_run, order, la):
 def test_mask_effect_matches_the_model_and_is_fast(tiny_run):
     from protocli.cache import min_distances, run_latents
     from protocli.effect import MaskEffect, describe
+    from protocli.metrics import accuracy_from_min_d
     from protocli.run import Run
-    from protocli.train import accuracy_from_min_d
 
     eff = MaskEffect(tiny_run)
     run = Run.open(tiny_run)

@@ -8,8 +8,9 @@ from safetensors.torch import load_file
 
 from protocli.cache import latents
 from protocli.model import ModelConfig, build_model
+from protocli.phases import set_phase
 from protocli.run import Run
-from protocli.train import TrainConfig, set_phase, train_run
+from protocli.train import TrainConfig, train_run
 
 
 def test_frozen_batchnorm_statistics_do_not_change():
