@@ -32,14 +32,13 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from protocli.errors import BadInput
-from protocli.files import atomic_write_text, read_json
+from protocli.files import atomic_write_text, now_iso, read_json
 
 VERSION = 1
 VERDICTS = ("reject", "accept")
@@ -50,10 +49,6 @@ def push_key(push_id: str) -> tuple[int, str]:
     """Sort key of a push id ("002-push" -> (2, ...)): stage numbers order pushes in time."""
     m = re.match(r"(\d+)", push_id)
     return (int(m.group(1)) if m else -1, push_id)
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _vector_list(vector: Any) -> list[float]:

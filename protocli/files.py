@@ -21,10 +21,16 @@ import secrets
 import sys
 import threading
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from protocli.errors import BadInput
+
+
+def now_iso() -> str:
+    """The UTC time as run files record it (manifest, antitypes.json): 2026-01-31T12:00:00Z."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 _DEFERRED: set[Path] = set()  # stage folders under construction: no per-file sync below them
 _LOCK = threading.Lock()

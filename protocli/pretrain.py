@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from protocli.console import info, progress_bar
 from protocli.errors import BadInput
 from protocli.files import atomic_write_bytes
-from protocli.model import IMAGENET_MEAN, IMAGENET_STD
+from protocli.model import IMAGENET_MEAN, IMAGENET_STD, export_state
 from protocli.runtime import autocast, default_workers
 
 
@@ -110,7 +110,7 @@ def pretrain(data: Path, out: Path, *, backbone: str = "tiny", img_size: int = 9
                 advance(len(y), info=f"epoch {epoch + 1} loss {total / seen:.3f} acc {correct / seen:.3f}")
             history.append({"epoch": epoch, "loss": total / seen, "train_accuracy": correct / seen})
     held_acc = _accuracy(model, test, device, amp) if test is not None else None
-    state = {k: v.detach().cpu().contiguous() for k, v in model.features.state_dict().items()}
+    state = export_state(model.features)
     meta = {"protocli": "pretrain", "backbone": backbone, "img_size": str(img_size), "data": str(Path(data).resolve()),
             "held_out_accuracy": f"{held_acc}"}
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,6 @@ Weights are safetensors with the model config in the metadata: loading never unp
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 import secrets
@@ -27,7 +26,7 @@ from typing import Any
 
 from protocli import __version__, lock
 from protocli.errors import BadInput
-from protocli.files import atomic_write_bytes, atomic_write_json, deferred, sync_tree
+from protocli.files import atomic_write_bytes, atomic_write_json, deferred, now_iso, sync_tree
 from protocli.runfiles import MANIFEST, STAGE_ID, WEIGHTS, current_weights, model_config, read_manifest
 
 # Stages committed by this process, newest last: (run folder, stage id). The CLI reads it to say
@@ -35,15 +34,13 @@ from protocli.runfiles import MANIFEST, STAGE_ID, WEIGHTS, current_weights, mode
 COMMITTED: list[tuple[str, str]] = []
 
 
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def save_weights(model, path: Path) -> None:
     """Atomically write a model's state dict and config to a safetensors file."""
     from safetensors.torch import save
 
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    from protocli.model import export_state
+
+    state = export_state(model)
     meta = {"config": json.dumps(model.cfg.to_dict()), "protocli": __version__}
     atomic_write_bytes(path, save(state, metadata=meta))
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import typer
 
+from protocli.review import GRAPHICS
+
 JSON_OPT = typer.Option(False, "--json", help="Print the result as JSON on stdout (tables go to stderr).")
 QUIET_OPT = typer.Option(False, "--quiet", "-q", help="No progress bars or tables on stderr.")
 DEVICE_OPT = typer.Option("auto", "--device", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
@@ -52,12 +54,8 @@ LOOK_ALIKES_OPT = typer.Option(False, "--look-alikes/--no-look-alikes",
                                help="After a reject, reject the offered look-alikes that are non-object too.")
 
 
-class Graphics(str, Enum):
-    auto = "auto"
-    kitty = "kitty"
-    sixel = "sixel"
-    halfcell = "halfcell"
-    none = "none"
+Graphics = Enum("Graphics", {g: g for g in GRAPHICS}, type=str)  # the TUI's one list of choices
+GRAPHICS_HELP = f"Pictures: {', '.join(GRAPHICS[:-1])} or {GRAPHICS[-1]}."
 
 
 class User(str, Enum):

@@ -11,6 +11,7 @@ from protocli.cli.common import (
     BOX_MAP_OPT,
     DEVICE_OPT,
     DISTINCT_OPT,
+    GRAPHICS_HELP,
     JSON_OPT,
     LOOK_ALIKES_OPT,
     LR_KEPT_OPT,
@@ -66,7 +67,7 @@ def simulate(
 @app.command()
 def review(
     run: Path = typer.Argument(..., help="Run folder (needs a push)."),
-    graphics: Graphics = typer.Option(Graphics.auto, help="Pictures: auto, kitty, sixel, halfcell or none."),
+    graphics: Graphics = typer.Option(Graphics.auto, help=GRAPHICS_HELP),
     push_id: str | None = typer.Option(None, "--push", help="Review this push instead of the latest."),
     order: Order = typer.Option(Order.id, "--order", help="First order of the cards: id, or suspicion "
                                 "(background-like first; `s` in the app switches)."),

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import colorsys
 import functools
-import io
 import itertools
 import json
 import math
@@ -41,6 +40,7 @@ from PIL import Image, ImageDraw
 
 from protocli.console import progress_bar
 from protocli.errors import BadInput
+from protocli.pictures import png
 
 ATTRIBUTES = (("head", ("red", "blue", "yellow")), ("wing", ("striped", "dotted", "checked")),
               ("tail", ("fan", "fork", "square")), ("body", ("cream", "grey", "brown")),
@@ -243,12 +243,6 @@ def loose_box(obj: tuple[int, int, int, int], size: int, rng: np.random.Generato
     return bx0, by0, bx1 - bx0, by1 - by0
 
 
-def _png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, "PNG", compress_level=1)  # PIL writes no timestamp chunk
-    return buf.getvalue()
-
-
 # ----------------------------------------------------------------------------------- families
 FAMILIES = ("birds", "flowers")
 
@@ -297,7 +291,7 @@ def _sample(tmp: Path, table: list[dict], label: int, k: int, train: bool, size:
     rel = f"{name}/{name.split('.', 1)[1]}_{k + 1:0{digits}d}.png"
     for folder, arr in (("images", img), ("segmentations", mask.astype(np.uint8) * 255)):
         # Plain writes are safe here: the rename of the whole folder is the commit point.
-        (tmp / folder / rel).write_bytes(_png(arr))
+        (tmp / folder / rel).write_bytes(png(arr, compress_level=1))
     return rel, (x, y, w, h), float(mask[y:y + h, x:x + w].mean()), bg
 
 

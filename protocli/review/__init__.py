@@ -14,6 +14,8 @@ from pathlib import Path
 
 from protocli.errors import BadInput
 
+GRAPHICS = ("auto", "kitty", "sixel", "halfcell", "none")  # --graphics choices: the one list (CLI, -m, renderer)
+
 __all__ = ["review", "check_terminal"]
 
 

@@ -10,13 +10,13 @@ import json
 import sys
 
 from protocli.errors import BadInput
-from protocli.review import review
+from protocli.review import GRAPHICS, review
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m protocli.review")
     parser.add_argument("run")
-    parser.add_argument("--graphics", default="auto", choices=["auto", "kitty", "sixel", "halfcell", "none"])
+    parser.add_argument("--graphics", default="auto", choices=list(GRAPHICS))
     parser.add_argument("--push", default=None)
     parser.add_argument("--order", default="id", choices=["id", "suspicion"])
     args = parser.parse_args(argv)

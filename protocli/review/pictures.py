@@ -21,7 +21,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-GRAPHICS = ("auto", "kitty", "sixel", "halfcell", "none")
+from protocli.review import GRAPHICS
+
 BACKGROUND = (24, 24, 24)
 BOX = (0, 255, 0)
 
