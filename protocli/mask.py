@@ -42,6 +42,13 @@ def rejected_on_latest_push(
     return ants.rejected(push), push
 
 
+def _mask(model, rejected: list[int]) -> None:
+    """Zero the mask entries of `rejected`; already-masked prototypes stay masked."""
+    idx = torch.as_tensor(rejected, dtype=torch.long, device=model.prototype_mask.device)
+    with torch.no_grad():
+        model.prototype_mask[idx] = 0.0
+
+
 def mask_model(
     run,
     model,
@@ -77,26 +84,14 @@ def mask_model(
         return accuracy_from_min_d(model, md_te, yte), accuracy_from_min_d(model, md_tr, ytr)
 
     before, train_before = accs()
-    idx = torch.as_tensor(rejected, dtype=torch.long, device=model.prototype_mask.device)
-    with torch.no_grad():
-        model.prototype_mask[idx] = 0.0  # already-masked prototypes stay masked
+    _mask(model, rejected)
     masked, train_masked = accs()
     with run.stage(kind) as st:
         rec = {"test_accuracy": masked, "train_accuracy": train_masked}
         if last_epochs > 0:
-            rec = train_last_layer(
-                model,
-                md_tr,
-                ytr,
-                epochs=last_epochs,
-                lr=lr_last,
-                l1=l1,
-                batch_size=batch_size,
-                generator=generator,
-                test=(md_te, yte),
-                log=st.dir / "metrics.jsonl",
-                desc="last layer (masked)",
-            )
+            rec = train_last_layer(model, md_tr, ytr, epochs=last_epochs, lr=lr_last, l1=l1, batch_size=batch_size,
+                                   generator=generator, test=(md_te, yte), log=st.dir / "metrics.jsonl",
+                                   desc="last layer (masked)")
         st.save_model(model)
         active = int((model.prototype_mask > 0).sum())
         st.info.update(

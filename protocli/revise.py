@@ -228,6 +228,38 @@ def revise_prototypes(
     return history
 
 
+def _revise_stage(run, model, train: tuple, test: tuple, q: torch.Tensor, cfg: ReviseConfig,
+                  generator: torch.Generator) -> tuple[list[dict], str]:
+    """The revision epochs on cached latents (train, test = (z, y)) as a committed "revise" stage."""
+    with run.stage("revise") as st:
+        hist = revise_prototypes(model, *train, q, cfg, generator, test=test, log=st.dir / "metrics.jsonl")
+        st.save_model(model)
+        last = hist[-1] if hist else {}
+        st.info.update(
+            epochs=cfg.epochs,
+            antitypes=len(q),
+            data=DATA_NOTE,
+            config=asdict(cfg),
+            train_accuracy=last.get("train_accuracy"),
+            test_accuracy=last.get("test_accuracy"),
+        )
+        return hist, st.id
+
+
+def _last_layer_stage(run, model, train: tuple, test: tuple, cfg: ReviseConfig, generator: torch.Generator,
+                      rec: dict) -> tuple[dict, str]:
+    """The last-layer fine-tune on min distances (train, test = (min_d, y)) as a committed "last" stage;
+    `rec` (the accuracies after the push) is what it reports when cfg.last_epochs is 0."""
+    with run.stage("last") as st:
+        if cfg.last_epochs > 0:
+            rec = train_last_layer(model, *train, epochs=cfg.last_epochs, lr=cfg.lr_last, l1=cfg.lam_l1,
+                                   batch_size=cfg.batch_size, generator=generator, test=test,
+                                   log=st.dir / "metrics.jsonl")
+        st.save_model(model)
+        st.info.update(train_accuracy=rec["train_accuracy"], test_accuracy=rec["test_accuracy"])
+        return rec, st.id
+
+
 def revise_model(
     run, model, cub, q: torch.Tensor, cfg: ReviseConfig, device, generator: torch.Generator,
     splits: tuple | None = None,
@@ -250,21 +282,7 @@ def revise_model(
     # The accepted prototypes as they were pushed: what the user's verdicts call object-like.
     accepted = on_antitype(model.prototypes.detach().cpu(), q).logical_not()
     accepted = model.prototypes.detach().cpu()[accepted].clone()
-    with run.stage("revise") as st:
-        hist = revise_prototypes(
-            model, ztr, ytr, q, cfg, generator, test=(zte, yte), log=st.dir / "metrics.jsonl"
-        )
-        st.save_model(model)
-        last = hist[-1] if hist else {}
-        st.info.update(
-            epochs=cfg.epochs,
-            antitypes=len(q),
-            data=DATA_NOTE,
-            config=asdict(cfg),
-            train_accuracy=last.get("train_accuracy"),
-            test_accuracy=last.get("test_accuracy"),
-        )
-        revise_id = st.id
+    hist, revise_id = _revise_stage(run, model, (ztr, ytr), (zte, yte), q, cfg, generator)
     revised, _ = accs()
     pushed = push_model(run, model, cub, ztr, ytr, device, avoid=q if cfg.push_avoid else None,
                         keep=accepted if cfg.push_avoid else None, margin=cfg.push_margin,
@@ -274,23 +292,7 @@ def revise_model(
     after_push = accuracy_from_min_d(model, md_te, yte)
     train_after_push = accuracy_from_min_d(model, md_tr, ytr)
     rec = {"test_accuracy": after_push, "train_accuracy": train_after_push}
-    with run.stage("last") as st:
-        if cfg.last_epochs > 0:
-            rec = train_last_layer(
-                model,
-                md_tr,
-                ytr,
-                epochs=cfg.last_epochs,
-                lr=cfg.lr_last,
-                l1=cfg.lam_l1,
-                batch_size=cfg.batch_size,
-                generator=generator,
-                test=(md_te, yte),
-                log=st.dir / "metrics.jsonl",
-            )
-        st.save_model(model)
-        st.info.update(train_accuracy=rec["train_accuracy"], test_accuracy=rec["test_accuracy"])
-        last_id = st.id
+    rec, last_id = _last_layer_stage(run, model, (md_tr, ytr), (md_te, yte), cfg, generator, rec)
     secs = [h["seconds"] for h in hist]
     return {
         "run": str(run.path),

@@ -148,6 +148,98 @@ def _row(
     }
 
 
+def _check_args(user: str, ask, criterion: str, n_rounds: int) -> None:
+    if user not in USERS:
+        raise BadInput(f"--user {user}: expected simulated or tui")
+    if user == "tui" and ask is None:
+        raise BadInput("--user tui: no way to ask a person was given (the command line passes the review TUI)")
+    if criterion not in ("box", "cell"):
+        raise BadInput(f"--criterion {criterion}: expected box or cell")
+    if n_rounds < 1:
+        raise BadInput(f"--rounds {n_rounds}: must be at least 1")
+
+
+def _open_run(run_dir: Path, user: str, out: Path | None):
+    """The run (forked to `out` when given), its data, and the source folder's path."""
+    from protocli.run import Run
+
+    run = Run.open(run_dir)
+    cub = run.cub()
+    if user == "simulated" and not cub.has_masks:
+        raise BadInput(
+            "--user simulated needs segmentation masks and this dataset has none "
+            "(no segmentations/ folder); use --user tui",
+            run.data_root,
+        )
+    source = str(run.path)
+    if out is not None:
+        run = run.fork(out)
+    return run, cub, source
+
+
+def _new_doc(run, user: str, criterion: str, cfg, source: str | None) -> dict:
+    doc = {
+        "version": 1,
+        "run": str(run.path),
+        "user": user,
+        "criterion": criterion,
+        "status": "running",
+        "config": asdict(cfg),
+        "data": "revision on cached latents of the unaugmented training images",
+        "rounds": [],
+    }
+    if source is not None:
+        doc["forked_from"] = source
+    return doc
+
+
+def _final_mask(run, model, cub, cfg, criterion: str, final_last_epochs, device, generator, splits) -> dict:
+    """Mask the prototypes rejected on the latest push, fine-tune the last layer -> the doc's final_mask."""
+    from protocli.mask import mask_model, rejected_on_latest_push
+
+    rejected, _ = rejected_on_latest_push(run, None, model.num_prototypes, model.cfg.proto_dim)
+    m = mask_model(
+        run,
+        model,
+        cub,
+        rejected,
+        last_epochs=cfg.last_epochs if final_last_epochs is None else final_last_epochs,
+        lr_last=cfg.lr_last,
+        device=device,
+        generator=generator,
+        splits=splits,
+    )
+    keys = ("stage", "masked", "masked_prototypes", "active_prototypes", "accuracy_before", "accuracy_masked",
+            "accuracy_after", "train_accuracy_after")
+    return {k: m[k] for k in keys} | object_counts(run, cub, criterion, model)
+
+
+def _summary(doc: dict, num_prototypes: int, seconds: float) -> dict:
+    """Start and end of the table's numbers, clicks and keys over all rounds (and the final consult)."""
+    rows = doc["rounds"]
+    done = [x for x in rows[1:] if x["accuracy_before_ft"] is not None]
+    final = rows[-1]
+    return {
+        "rounds_run": len(rows) - 1,
+        "revisions": len(done),
+        "non_object_start": rows[0]["non_object_after"],
+        "non_object_end": final["non_object_after"],
+        "overlap_ge_75_start": rows[0]["overlap_ge_75"],
+        "overlap_ge_75_end": final["overlap_ge_75"],
+        "unique_start": rows[0]["unique"],
+        "unique_end": final["unique"],
+        "accuracy_start": rows[0]["accuracy_after_ft"],
+        "accuracy_end": final["accuracy_after_ft"],
+        "train_accuracy_start": rows[0]["train_accuracy"],
+        "train_accuracy_end": final["train_accuracy"],
+        "clicks": sum(x["clicks"] for x in rows) + doc.get("final_consult", {}).get("clicks", 0),
+        "keys": sum(x.get("keys") or 0 for x in rows) + (doc.get("final_consult", {}).get("keys") or 0),
+        "antitypes": max((x["antitypes"] or 0) for x in rows),
+        "prototypes": num_prototypes,
+        "seconds": round(seconds, 1),
+    }
+
+
 def rounds_run(
     run_dir: Path,
     n_rounds: int = 5,
@@ -170,34 +262,15 @@ def rounds_run(
     `ask(run_dir, order)`: with user "tui", how the person is asked (chosen at the edge: the CLI
     passes the review TUI, a script anything that writes decisions and returns)."""
     from protocli.cache import run_latents
-    from protocli.mask import mask_model
     from protocli.revise import ReviseConfig, antitype_matrix, revise_model
-    from protocli.run import Run
 
-    if user not in USERS:
-        raise BadInput(f"--user {user}: expected simulated or tui")
-    if user == "tui" and ask is None:
-        raise BadInput("--user tui: no way to ask a person was given (the command line passes the review TUI)")
-    if criterion not in ("box", "cell"):
-        raise BadInput(f"--criterion {criterion}: expected box or cell")
-    if n_rounds < 1:
-        raise BadInput(f"--rounds {n_rounds}: must be at least 1")
+    _check_args(user, ask, criterion, n_rounds)
     cfg = replace(cfg or ReviseConfig(), epochs=epochs)
     cfg.check()
     device = device or torch.device("cpu")
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     t_all = time.perf_counter()
-    run = Run.open(run_dir)
-    cub = run.cub()
-    if user == "simulated" and not cub.has_masks:
-        raise BadInput(
-            "--user simulated needs segmentation masks and this dataset has none "
-            "(no segmentations/ folder); use --user tui",
-            run.data_root,
-        )
-    source = str(run.path)
-    if out is not None:
-        run = run.fork(out)
+    run, cub, source = _open_run(run_dir, user, out)
     model = run.load_model(device)
     splits = run_latents(run, model, cub, device)  # loaded once: the encoder stays frozen in every round
     ztr, ytr, zte, yte = splits
@@ -205,25 +278,15 @@ def rounds_run(
     def accuracies() -> tuple[float, float]:
         return accuracies_on_cache(model, (zte, yte), (ztr, ytr), device)
 
-    doc = {
-        "version": 1,
-        "run": str(run.path),
-        "user": user,
-        "criterion": criterion,
-        "status": "running",
-        "config": asdict(cfg),
-        "data": "revision on cached latents of the unaugmented training images",
-        "rounds": [],
-    }
-    if out is not None:
-        doc["forked_from"] = source
+    def add_row(r, c, before_ft, after_ft, train_acc, t0) -> None:
+        counts = object_counts(run, cub, criterion, model)
+        doc["rounds"].append(_row(r, c, before_ft, after_ft, train_acc, counts, time.perf_counter() - t0))
+
+    doc = _new_doc(run, user, criterion, cfg, source if out is not None else None)
     table = run.path / "rounds.json"
     t0 = time.perf_counter()
     ensure_push(run, model, cub, ztr, ytr, device, cfg.box_map)
-    acc, tr_acc = accuracies()
-    doc["rounds"].append(
-        _row(0, None, None, acc, tr_acc, object_counts(run, cub, criterion, model), time.perf_counter() - t0)
-    )
+    add_row(0, None, None, *accuracies(), t0)
     atomic_write_json(table, doc)
     consulted_last = False
     for r in range(1, n_rounds + 1):
@@ -236,91 +299,22 @@ def rounds_run(
             f"{c['antitypes']} antitypes"
         )
         if c["non_object"] == 0:
-            acc, tr_acc = accuracies()
-            doc["rounds"].append(
-                _row(
-                    r,
-                    c,
-                    None,
-                    acc,
-                    tr_acc,
-                    object_counts(run, cub, criterion, model),
-                    time.perf_counter() - t0,
-                )
-            )
+            add_row(r, c, None, *accuracies(), t0)
             doc["status"] = "converged"
             atomic_write_json(table, doc)
             break
         q = antitype_matrix(run, None, model.num_prototypes, model.cfg.proto_dim)
         res = revise_model(run, model, cub, q, cfg, device, generator, splits=splits)
         consulted_last = False
-        doc["rounds"].append(
-            _row(
-                r,
-                c,
-                res["accuracy_pushed"],
-                res["accuracy_after"],
-                res["train_accuracy"],
-                object_counts(run, cub, criterion, model),
-                time.perf_counter() - t0,
-            )
-        )
+        add_row(r, c, res["accuracy_pushed"], res["accuracy_after"], res["train_accuracy"], t0)
         atomic_write_json(table, doc)
 
     if final_mask:
         if not consulted_last:
-            c = consult(run, cub, user, criterion, ask, order, look_alikes)
-            doc["final_consult"] = c
-        from protocli.mask import rejected_on_latest_push
-
-        rejected, _ = rejected_on_latest_push(run, None, model.num_prototypes, model.cfg.proto_dim)
-        m = mask_model(
-            run,
-            model,
-            cub,
-            rejected,
-            last_epochs=cfg.last_epochs if final_last_epochs is None else final_last_epochs,
-            lr_last=cfg.lr_last,
-            device=device,
-            generator=generator,
-            splits=splits,
-        )
-        doc["final_mask"] = {
-            k: m[k]
-            for k in (
-                "stage",
-                "masked",
-                "masked_prototypes",
-                "active_prototypes",
-                "accuracy_before",
-                "accuracy_masked",
-                "accuracy_after",
-                "train_accuracy_after",
-            )
-        }
-        doc["final_mask"].update(object_counts(run, cub, criterion, model))
-    rows = doc["rounds"]
-    done = [x for x in rows[1:] if x["accuracy_before_ft"] is not None]
-    final = rows[-1]
-    doc["summary"] = {
-        "rounds_run": len(rows) - 1,
-        "revisions": len(done),
-        "non_object_start": rows[0]["non_object_after"],
-        "non_object_end": final["non_object_after"],
-        "overlap_ge_75_start": rows[0]["overlap_ge_75"],
-        "overlap_ge_75_end": final["overlap_ge_75"],
-        "unique_start": rows[0]["unique"],
-        "unique_end": final["unique"],
-        "accuracy_start": rows[0]["accuracy_after_ft"],
-        "accuracy_end": final["accuracy_after_ft"],
-        "train_accuracy_start": rows[0]["train_accuracy"],
-        "train_accuracy_end": final["train_accuracy"],
-        "clicks": sum(x["clicks"] for x in rows) + doc.get("final_consult", {}).get("clicks", 0),
-        "keys": sum(x.get("keys") or 0 for x in rows) + (doc.get("final_consult", {}).get("keys") or 0),
-        "antitypes": max((x["antitypes"] or 0) for x in rows),
-        "prototypes": model.num_prototypes,
-        "seconds": round(time.perf_counter() - t_all, 1),
-    }
+            doc["final_consult"] = consult(run, cub, user, criterion, ask, order, look_alikes)
+        doc["final_mask"] = _final_mask(run, model, cub, cfg, criterion, final_last_epochs, device, generator,
+                                        splits)
+    doc["summary"] = _summary(doc, model.num_prototypes, time.perf_counter() - t_all)
     if doc["status"] == "running":
         doc["status"] = "done"
     atomic_write_json(table, doc)
