@@ -195,78 +195,93 @@ def load_for_run(run, path: Path | None, num_prototypes: int, dim: int) -> tuple
     return load(path, num_prototypes=num_prototypes, dim=dim, known_pushes=run.pushes()), path
 
 
-def _validate(data: Any, path: Path, num_prototypes: int | None, dim: int | None,
-              known_pushes: list[str] | None) -> Antitypes:
-    def bad(msg: str) -> BadInput:
-        return BadInput(msg, path)
+class _Checks:
+    """The field checks of one decisions file; each fault is BadInput naming the file and the field."""
 
-    if not isinstance(data, dict):
-        raise bad("expected a JSON object")
-    if data.get("version") != VERSION:
-        raise bad(f"version is {data.get('version')!r}, expected {VERSION}")
+    def __init__(self, path: Path, num_prototypes: int | None, known_pushes: list[str] | None):
+        self.path, self.num_prototypes, self.known_pushes = path, num_prototypes, known_pushes
 
-    def check_push(value: Any, where: str, optional: bool = False) -> None:
+    def bad(self, msg: str) -> BadInput:
+        return BadInput(msg, self.path)
+
+    def push(self, value: Any, where: str, optional: bool = False) -> None:
         if value is None and optional:
             return
         if not isinstance(value, str) or not value:
-            raise bad(f"{where} is {value!r}, expected a push id")
-        if known_pushes is not None and value not in known_pushes:
-            raise bad(f"{where} is {value!r}, not a push of this run ({', '.join(known_pushes) or 'none'})")
+            raise self.bad(f"{where} is {value!r}, expected a push id")
+        known = self.known_pushes
+        if known is not None and value not in known:
+            raise self.bad(f"{where} is {value!r}, not a push of this run ({', '.join(known) or 'none'})")
 
-    def check_proto(value: Any, where: str) -> None:
+    def proto(self, value: Any, where: str) -> None:
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise bad(f"{where} is {value!r}, expected a prototype index")
-        if num_prototypes is not None and value >= num_prototypes:
-            raise bad(f"{where} is {value}, the model has {num_prototypes} prototypes")
+            raise self.bad(f"{where} is {value!r}, expected a prototype index")
+        if self.num_prototypes is not None and value >= self.num_prototypes:
+            raise self.bad(f"{where} is {value}, the model has {self.num_prototypes} prototypes")
 
-    def entries(name: str) -> list:
+    def entries(self, data: dict, name: str) -> list:
         items = data.get(name, [])
         if not isinstance(items, list):
-            raise bad(f"{name} must be a list")
+            raise self.bad(f"{name} must be a list")
         for i, item in enumerate(items):
             if not isinstance(item, dict):
-                raise bad(f"{name}[{i}] must be an object")
+                raise self.bad(f"{name}[{i}] must be an object")
         return items
 
-    check_push(data.get("push"), "push", optional=True)
-    decisions = entries("decisions")
+
+def _check_decisions(chk: _Checks, decisions: list) -> None:
     seen: set[tuple[int, str]] = set()
     for i, d in enumerate(decisions):
         where = f"decisions[{i}]"
-        check_proto(d.get("prototype"), f"{where}.prototype")
+        chk.proto(d.get("prototype"), f"{where}.prototype")
         if d.get("verdict") not in VERDICTS:
-            raise bad(f"{where}.verdict is {d.get('verdict')!r}, expected reject or accept")
+            raise chk.bad(f"{where}.verdict is {d.get('verdict')!r}, expected reject or accept")
         if d.get("by") not in ACTORS:
-            raise bad(f"{where}.by is {d.get('by')!r}, expected user or simulated")
+            raise chk.bad(f"{where}.by is {d.get('by')!r}, expected user or simulated")
         if not isinstance(d.get("at"), str):
-            raise bad(f"{where}.at is {d.get('at')!r}, expected an ISO-8601 time")
-        check_push(d.get("push"), f"{where}.push")
+            raise chk.bad(f"{where}.at is {d.get('at')!r}, expected an ISO-8601 time")
+        chk.push(d.get("push"), f"{where}.push")
         key = (d["prototype"], d["push"])
         if key in seen:
-            raise bad(f"{where} repeats prototype {key[0]} on {key[1]} (one decision per prototype and push)")
+            raise chk.bad(f"{where} repeats prototype {key[0]} on {key[1]} (one decision per prototype and push)")
         seen.add(key)
 
-    ants = entries("antitypes")
+
+def _check_antitypes(chk: _Checks, ants: list, dim: int | None) -> None:
+    """Checks each antitype entry and turns its vector into floats (all vectors one width, `dim` if given)."""
     width = dim
     for i, e in enumerate(ants):
         where = f"antitypes[{i}]"
-        check_proto(e.get("prototype"), f"{where}.prototype")
-        check_push(e.get("push"), f"{where}.push")
+        chk.proto(e.get("prototype"), f"{where}.prototype")
+        chk.push(e.get("push"), f"{where}.push")
         if not isinstance(e.get("class"), int):
-            raise bad(f"{where}.class is {e.get('class')!r}, expected a class index")
+            raise chk.bad(f"{where}.class is {e.get('class')!r}, expected a class index")
         box = e.get("box")
         if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, int) for v in box)):
-            raise bad(f"{where}.box is {box!r}, expected [x0, y0, x1, y1] integers")
+            raise chk.bad(f"{where}.box is {box!r}, expected [x0, y0, x1, y1] integers")
         vec = e.get("vector")
         if not isinstance(vec, list) or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in vec):
-            raise bad(f"{where}.vector must be a list of finite numbers")
+            raise chk.bad(f"{where}.vector must be a list of finite numbers")
         if width is None:
             width = len(vec)
         if len(vec) != width or width == 0:
-            raise bad(f"{where}.vector has {len(vec)} values, expected {width}")
+            raise chk.bad(f"{where}.vector has {len(vec)} values, expected {width}")
         e["vector"] = [float(v) for v in vec]
 
+
+def _validate(data: Any, path: Path, num_prototypes: int | None, dim: int | None,
+              known_pushes: list[str] | None) -> Antitypes:
+    chk = _Checks(path, num_prototypes, known_pushes)
+    if not isinstance(data, dict):
+        raise chk.bad("expected a JSON object")
+    if data.get("version") != VERSION:
+        raise chk.bad(f"version is {data.get('version')!r}, expected {VERSION}")
+    chk.push(data.get("push"), "push", optional=True)
+    decisions = chk.entries(data, "decisions")
+    _check_decisions(chk, decisions)
+    ants = chk.entries(data, "antitypes")
+    _check_antitypes(chk, ants, dim)
     return Antitypes(version=VERSION, push=data.get("push"), decisions=decisions, antitypes=ants)
 
 

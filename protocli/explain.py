@@ -67,25 +67,12 @@ def _patch(push_dir: Path | None, j: int) -> np.ndarray | None:
         return np.asarray(im.convert("RGB"))
 
 
-def explain_image(run_dir: Path, image: Path, top: int = 5, out: Path | None = None,
-                  device: torch.device | None = None) -> dict:
-    """Explain the model's prediction for one image; write the PNG and return the explanation."""
-    from protocli.data.transforms import eval_transform
+def _score(model, x: torch.Tensor, top: int) -> dict:
+    """One image (1, 3, S, S) -> prediction, per-prototype similarity, weight and contribution to the
+    predicted class, the `top` active prototypes by contribution and their similarity maps."""
     from protocli.model import log_similarity
-    from protocli.run import Run
-
-    if top < 1:
-        raise BadInput(f"--top {top}: must be at least 1")
-    device = device or torch.device("cpu")
-    run = Run.open(run_dir)
-    pil = load_image(image)
-    model = run.load_model(device).eval()
-    size = model.cfg.img_size
-    push_dir = run.latest_push()
-    names = _class_names(run, push_dir, model.num_classes)
 
     with torch.no_grad():
-        x = eval_transform(size)(pil)[None].to(device)
         z = model.encode(x)
         min_d, cell = model.distances(z).flatten(2).min(dim=2)  # (1, P)
         logits = model.classify(min_d)[0]
@@ -98,23 +85,53 @@ def explain_image(run_dir: Path, image: Path, top: int = 5, out: Path | None = N
         k = min(top, int(active.sum()))
         order = torch.where(active, contrib, -torch.inf).topk(k).indices
         maps = similarity_maps(model, z.expand(k, -1, -1, -1), model.prototypes[order]).cpu()
+    return {"logits": logits, "prob": prob, "pred": pred, "sim": sim, "weight": weight, "contrib": contrib,
+            "cell": cell, "order": order, "maps": maps, "grid_w": z.shape[3]}
+
+
+def _patches_stale(model, push_dir: Path | None) -> bool:
+    """Whether the prototypes moved since the push whose patches the figure shows (warns when so)."""
+    if push_dir is None:
+        return False
+    from protocli.runfiles import push_is_current
+
+    stale = not push_is_current(model.state_dict(), push_dir)
+    if stale:
+        warn(f"prototypes moved since push {push_dir.name}: the patches show where they were then")
+    return stale
+
+
+def explain_image(run_dir: Path, image: Path, top: int = 5, out: Path | None = None,
+                  device: torch.device | None = None) -> dict:
+    """Explain the model's prediction for one image; write the PNG and return the explanation."""
+    from protocli.data.transforms import eval_transform
+    from protocli.run import Run
+
+    if top < 1:
+        raise BadInput(f"--top {top}: must be at least 1")
+    device = device or torch.device("cpu")
+    run = Run.open(run_dir)
+    pil = load_image(image)
+    model = run.load_model(device).eval()
+    size = model.cfg.img_size
+    push_dir = run.latest_push()
+    names = _class_names(run, push_dir, model.num_classes)
+
+    x = eval_transform(size)(pil)[None].to(device)
+    s = _score(model, x, top)
+    pred, sim, weight, contrib, cell = s["pred"], s["sim"], s["weight"], s["contrib"], s["cell"]
+    logits, prob, maps = s["logits"], s["prob"], s["maps"]
     boxes = high_activation_boxes(maps, size)
-    W = z.shape[3]
+    W = s["grid_w"]
     pcls = model.prototype_class.cpu()
     rows = []
-    for rank, j in enumerate(order.tolist(), 1):  # K rows of bookkeeping; the maths above is batched
+    for rank, j in enumerate(s["order"].tolist(), 1):  # K rows of bookkeeping; the maths in _score is batched
         c = int(pcls[j])
         rows.append({"rank": rank, "prototype": j, "class": c, "class_name": names[c],
                      "similarity": float(sim[j]), "weight": float(weight[j]), "contribution": float(contrib[j]),
                      "cell": [int(cell[0, j]) // W, int(cell[0, j]) % W], "box": [int(v) for v in boxes[rank - 1]],
                      "patch": str(push_dir / "patches" / f"{j:04d}.png") if push_dir is not None else None})
-    stale = False
-    if push_dir is not None:
-        from protocli.runfiles import push_is_current
-
-        stale = not push_is_current(model.state_dict(), push_dir)
-        if stale:
-            warn(f"prototypes moved since push {push_dir.name}: the patches show where they were then")
+    stale = _patches_stale(model, push_dir)
     ranked = prob.topk(min(3, len(prob)))
     result = {
         "run": str(run.path), "image": str(image), "img_size": size, "push": push_dir.name if push_dir else None,

@@ -48,6 +48,14 @@ def cell_box(cell_h: int, cell_w: int, grid, size: int, margin: int = 1) -> list
             min(size, round((cell_w + 1 + margin) * size / W)), min(size, round((cell_h + 1 + margin) * size / H))]
 
 
+def duplicate_of(key: torch.Tensor) -> torch.Tensor:
+    """Several prototypes on the same (image, cell) key: each one's first prototype with that key (P,)."""
+    _, inverse = torch.unique(key, return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1 if len(inverse) else 0,), len(key), dtype=torch.long)
+    first = first.scatter_reduce(0, inverse, torch.arange(len(key)), reduce="amin")
+    return first[inverse]
+
+
 BOX_MAPS = ("before", "after")
 
 
@@ -85,12 +93,7 @@ def push_model(run, model, cub, z: torch.Tensor, y: torch.Tensor, device, k: int
     maps = similarity_maps(model, z[best_img], old if box_map == "before" else model.prototypes.detach().cpu())
     boxes = high_activation_boxes(maps, size)
 
-    # Duplicates: several prototypes on the same (image, cell).
-    key = best_img * (H * W) + best_cell
-    _, inverse = torch.unique(key, return_inverse=True)
-    first = torch.full((int(inverse.max()) + 1 if len(inverse) else 0,), len(key), dtype=torch.long)
-    first = first.scatter_reduce(0, inverse, torch.arange(len(key)), reduce="amin")
-    dup_of = first[inverse]
+    dup_of = duplicate_of(best_img * (H * W) + best_cell)
 
     kk = min(k, len(z))
     near_d, near_i, near_cell = k_nearest_patches(model, z, kk, device, own=(best_img, best_cell, found))
