@@ -22,6 +22,7 @@ import torch
 
 from protocli.console import info
 from protocli.errors import BadInput
+from protocli.mask import mask_model  # pruning is masking with ProtoPNet's rule
 
 K = 6  # the original's k
 THRESHOLD = 3  # the original's prune_threshold
@@ -50,7 +51,6 @@ def prune_run(
 ) -> dict:
     """Open (or fork to `out`) a run, mask the prototypes pruned by the original's rule, fine-tune."""
     from protocli.cache import run_latents
-    from protocli.mask import mask_model
     from protocli.run import Run
 
     if k < 1:

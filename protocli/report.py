@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from protocli.console import info
+from protocli.evaluate import evaluate_model  # the report's table is an evaluation
 from protocli.files import atomic_write_bytes, atomic_write_text
 from protocli.metrics import object_stats
 from protocli.model import pushed_prototypes
@@ -215,7 +216,6 @@ def report_run(run_dir: Path, out: Path | None = None, conditions: list[dict] | 
     """Write the figures and report.md of a run; `conditions` (rows of `demo`) adds a comparison table.
     `criterion` (box or cell) decides which prototypes the figures and `non_object` count as non-object."""
     from protocli.cache import grid_masks, masks
-    from protocli.evaluate import evaluate_model
     from protocli.run import Run
     from protocli.runtime import pick_device
 

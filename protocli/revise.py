@@ -32,6 +32,7 @@ from protocli.errors import BadInput
 from protocli.files import append_jsonl
 from protocli.metrics import accuracies_on_cache, accuracy_from_min_d
 from protocli.phases import set_phase, train_last_layer
+from protocli.push import push_model  # revision ends with a push, like train
 from protocli.revise_config import ReviseConfig
 
 DATA_NOTE = "cached latents of the unaugmented training images"
@@ -269,7 +270,6 @@ def revise_model(
     `splits`: the run's latents as `cache.run_latents` returns them, when the caller has them already
     (the encoder is frozen, so they stay valid across rounds)."""
     from protocli.cache import min_distances, run_latents
-    from protocli.push import push_model
 
     cfg.check()
     t0 = time.perf_counter()

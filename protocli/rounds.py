@@ -31,21 +31,20 @@ from pathlib import Path
 
 import torch
 
+from protocli import antitypes as atmod
+from protocli import simulate as simmod  # as a module: tests stand in for its functions
 from protocli.console import info
 from protocli.errors import BadInput
 from protocli.files import atomic_write_json
+from protocli.mask import mask_model, rejected_on_latest_push
 from protocli.metrics import accuracies_on_cache
 from protocli.model import pushed_prototypes
+from protocli.push import push_model
+from protocli.revise import ReviseConfig, antitype_matrix, revise_model
+from protocli.runfiles import push_is_current, read_push_doc
 
 USERS = ("simulated", "tui")
 EFFORT = ("keys", "looked_90", "looked_100")  # the simulated user's review effort (simulate.review_walk)
-
-
-def push_is_current(model, push_dir: Path | None) -> bool:
-    """True when the push's weights hold this model's prototypes and encoder (so a push would repeat it)."""
-    from protocli.runfiles import push_is_current as is_current
-
-    return is_current(model.state_dict(), push_dir)
 
 
 def ensure_push(run, model, cub, ztr, ytr, device, box_map: str = "before") -> Path:
@@ -55,10 +54,9 @@ def ensure_push(run, model, cub, ztr, ytr, device, box_map: str = "before") -> P
     of the prototypes as they are (see ReviseConfig.box_map), so its first round pushes again: the
     patches stay, the boxes are those of the pushed vectors."""
     from protocli.files import read_json
-    from protocli.push import push_model
 
     latest = run.latest_push()
-    if push_is_current(model, latest):
+    if push_is_current(model.state_dict(), latest):  # a push now would repeat it
         doc = read_json(latest / "prototypes.json", "push file")
         if doc.get("box_map", "before") == box_map:
             return latest
@@ -71,12 +69,9 @@ def consult(run, cub, user: str, criterion: str, ask=None, order: str = "id", lo
 
     `ask(run_dir, order)`: how a person is asked (the CLI passes the review TUI); it returns when they
     are done, having written their decisions to the run's antitypes.json."""
-    from protocli import antitypes as atmod
-    from protocli.runfiles import read_push_doc
-    from protocli.simulate import carry_candidates, simulate
 
     if user == "simulated":
-        r = simulate(run, criterion=criterion, cub=cub, order=order, look_alikes=look_alikes)
+        r = simmod.simulate(run, criterion=criterion, cub=cub, order=order, look_alikes=look_alikes)
         return {
             "push": r["push"],
             "non_object": r["rejected"],
@@ -90,7 +85,7 @@ def consult(run, cub, user: str, criterion: str, ask=None, order: str = "id", lo
     doc = read_push_doc(push_dir)
     known = run.pushes()
     before = atmod.load(run.antitypes_path, len(vectors), vectors.shape[1], known)
-    _, carried = carry_candidates(before, run, doc)
+    _, carried = simmod.carry_candidates(before, run, doc)
     already = before.decided(push_dir.name) if before.push == push_dir.name else {}
     ask(run.path, order)  # blocks until the person is done
     after = atmod.load(run.antitypes_path, len(vectors), vectors.shape[1], known)
@@ -109,8 +104,6 @@ def consult(run, cub, user: str, criterion: str, ask=None, order: str = "id", lo
 def object_counts(run, cub, criterion: str, model) -> dict:
     """Latest push: non-object (criterion) and overlap >= .75 over active prototypes (None without masks),
     and the number of distinct patches (several prototypes may share one)."""
-    from protocli.runfiles import read_push_doc
-    from protocli.simulate import push_object_stats, summarize
 
     push = run.latest_push()
     if push is None:
@@ -119,9 +112,9 @@ def object_counts(run, cub, criterion: str, model) -> dict:
         doc = read_push_doc(push)
         out = {"non_object_after": None, "overlap_ge_75": None}
     else:
-        stats = push_object_stats(run, cub, push)
+        stats = simmod.push_object_stats(run, cub, push)
         doc = stats["doc"]
-        s = summarize(stats, active=model.prototype_mask.detach().cpu() > 0)
+        s = simmod.summarize(stats, active=model.prototype_mask.detach().cpu() > 0)
         out = {"non_object_after": s[f"non_object_{criterion}"], "overlap_ge_75": s["overlap_ge_75"]}
     out["unique"] = sum(p.get("duplicate_of") is None for p in doc["prototypes"])
     return out
@@ -195,7 +188,6 @@ def _new_doc(run, user: str, criterion: str, cfg, source: str | None) -> dict:
 
 def _final_mask(run, model, cub, cfg, criterion: str, final_last_epochs, device, generator, splits) -> dict:
     """Mask the prototypes rejected on the latest push, fine-tune the last layer -> the doc's final_mask."""
-    from protocli.mask import mask_model, rejected_on_latest_push
 
     rejected, _ = rejected_on_latest_push(run, None, model.num_prototypes, model.cfg.proto_dim)
     m = mask_model(
@@ -262,7 +254,6 @@ def rounds_run(
     `ask(run_dir, order)`: with user "tui", how the person is asked (chosen at the edge: the CLI
     passes the review TUI, a script anything that writes decisions and returns)."""
     from protocli.cache import run_latents
-    from protocli.revise import ReviseConfig, antitype_matrix, revise_model
 
     _check_args(user, ask, criterion, n_rounds)
     cfg = replace(cfg or ReviseConfig(), epochs=epochs)

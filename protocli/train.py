@@ -25,6 +25,7 @@ from protocli.console import info, progress_bar, warn
 from protocli.errors import BadInput
 from protocli.files import append_jsonl
 from protocli.phases import set_phase, train_last_layer
+from protocli.push import push_model  # a stage of its own, also train's step before the last layer
 from protocli.recipes import TrainConfig
 from protocli.runtime import autocast, default_workers, seed_everything
 
@@ -216,7 +217,6 @@ def train_run(data: Path, run_dir: Path, cfg: TrainConfig, device: torch.device,
     from protocli.cache import latents, min_distances
     from protocli.data.cub import open_cub
     from protocli.model import ModelConfig, build_model
-    from protocli.push import push_model
     from protocli.run import Run
 
     if cfg.stop_after not in ("joint", "push", "last"):

@@ -13,8 +13,9 @@ import torch
 from protocli import antitypes as atmod
 from protocli.errors import BadInput
 from protocli.revise import ReviseConfig
-from protocli.rounds import push_is_current, rounds_run
+from protocli.rounds import rounds_run
 from protocli.run import Run
+from protocli.runfiles import push_is_current
 
 FAST = ReviseConfig(last_epochs=2, batch_size=8)
 ROW_KEYS = {
@@ -152,10 +153,10 @@ def test_rounds_table_and_stages(tiny_run, monkeypatch):
 def test_push_is_reused_only_when_nothing_changed(tiny_run):
     run = Run.open(tiny_run)
     model = run.load_model()
-    assert push_is_current(model, run.latest_push())
+    assert push_is_current(model.state_dict(), run.latest_push())
     with torch.no_grad():
         model.prototypes[0, 0] += 0.01
-    assert not push_is_current(model, run.latest_push())
+    assert not push_is_current(model.state_dict(), run.latest_push())
 
 
 def test_tui_user_is_consulted_and_clicks_counted(tiny_run, monkeypatch):
