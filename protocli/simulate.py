@@ -105,6 +105,32 @@ def review_walk(run, push_dir: Path, vectors: torch.Tensor, flags: torch.Tensor,
     return {"order": order, "look_alikes": look_alikes, **w}
 
 
+def _decide(ants: atmod.Antitypes, doc: dict, push: str, flags: torch.Tensor, current: dict[int, str],
+            vectors: torch.Tensor) -> tuple[int, int]:
+    """Record the simulated verdict (flagged: reject) of every prototype not already decided that way
+    on `push` -> (new rejects, new accepts)."""
+    new_rejects = new_accepts = 0
+    # One bookkeeping step per prototype (JSON records); every number was computed batched before.
+    for p in doc["prototypes"]:
+        j = p["prototype"]
+        verdict = "reject" if bool(flags[j]) else "accept"
+        if current.get(j) == verdict:
+            continue  # carried over from the previous push, or decided the same way before
+        ants.decide(
+            j,
+            verdict,
+            "simulated",
+            push,
+            vector=vectors[j].numpy() if verdict == "reject" else None,
+            cls=p["class"],
+            image=p["image"],
+            box=p["box"],
+        )
+        new_rejects += verdict == "reject"
+        new_accepts += verdict == "accept"
+    return new_rejects, new_accepts
+
+
 def simulate(run, criterion: str = "box", antitypes: Path | None = None, cub=None, order: str = "id",
              look_alikes: bool = False) -> dict:
     """Decide every prototype of the run's latest push with the simulated user; save antitypes.json.
@@ -139,25 +165,7 @@ def simulate(run, criterion: str = "box", antitypes: Path | None = None, cub=Non
     # Carried-over verdicts that still hold need no look; one the masks now disagree with is a new decision.
     settled = {j for j, v in current.items() if v == ("reject" if bool(flags[j]) else "accept")}
     effort = review_walk(run, push_dir, vectors, flags, settled, order, look_alikes, cub)
-    new_rejects = new_accepts = 0
-    # One bookkeeping step per prototype (JSON records); every number above was computed batched.
-    for p in doc["prototypes"]:
-        j = p["prototype"]
-        verdict = "reject" if bool(flags[j]) else "accept"
-        if current.get(j) == verdict:
-            continue  # carried over from the previous push, or decided the same way before
-        ants.decide(
-            j,
-            verdict,
-            "simulated",
-            push,
-            vector=vectors[j].numpy() if verdict == "reject" else None,
-            cls=p["class"],
-            image=p["image"],
-            box=p["box"],
-        )
-        new_rejects += verdict == "reject"
-        new_accepts += verdict == "accept"
+    new_rejects, new_accepts = _decide(ants, doc, push, flags, current, vectors)
     atmod.save(ants, path)
     rejected = ants.rejected(push)
     return {
