@@ -59,8 +59,9 @@ def window_id(display: dict, timeout: float = 15.0) -> str:
     raise SystemExit("xterm did not open a window")
 
 
-def shoot(display: dict, path: Path) -> None:
-    subprocess.run(["import", "-window", "root", str(path)], env=display, check=True)
+def shoot(display: dict, win: str, path: Path) -> None:
+    # The xterm window only (Sixel pictures are part of its pixels, so they are in the picture).
+    subprocess.run(["import", "-window", win, str(path)], env=display, check=True)
     print(f"  {path}")
 
 
@@ -84,7 +85,7 @@ def one_mode(run: Path, graphics: str, out: Path, display: dict, args) -> None:
                     subprocess.run(["xdotool", "key", "--window", win, key] if args.send_event else
                                    ["xdotool", "key", key], env=display, check=True)
                     time.sleep(args.pause)
-                shoot(display, out / f"{graphics}-{name}.png")
+                shoot(display, win, out / f"{graphics}-{name}.png")
             subprocess.run(["xdotool", "key", "q"], env=display, check=True)
             xterm.wait(timeout=15)
         finally:
