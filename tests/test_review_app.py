@@ -215,10 +215,16 @@ async def test_no_picture_under_the_help_and_the_footer_on_first_paint(run):
         assert footer[0].style.color != footer[0].style.bgcolor  # a blank bar in xterm before the fix
         pictures = app.picture_widgets()
         assert len(pictures) == 21 + 2 + 5 and all(p.display for p in app.gallery.overlays)
+        assert all(p.image is not None for p in app.gallery.overlays[:21])
         for view in ("gallery", "detail"):
             await pilot.press("question_mark")
             assert isinstance(app.screen, HelpScreen)
             assert not any(p.display or p.is_on_screen for p in app.picture_widgets())
+            if view == "gallery":  # a resize under the help re-creates the overlays: still hidden
+                await pilot.resize_terminal(104, 36)
+                await pilot.pause()
+                assert app.gallery.grid == (6, 3)
+                assert not any(p.display or p.is_on_screen for p in app.picture_widgets())
             await pilot.press("escape")
             await pilot.pause()
             assert not isinstance(app.screen, HelpScreen)
