@@ -199,3 +199,36 @@ async def test_status_line_shows_the_masking_effect(tiny_run):
         text = "\n".join(screen_lines(app.export_screenshot()))
         assert "mask 1: test" in text
         await pilot.press("q")
+
+
+async def test_no_picture_under_the_help_and_the_footer_on_first_paint(run):
+    """Sixel pictures live in the terminal: under a modal they must be hidden, or xterm paints them
+    over its text. And the footer has readable text (colour != background) on the first screen."""
+    import textual_image.widget as tiw
+
+    app = ReviewApp(open_state(run), Renderer("sixel", tiw.SixelImage, (10, 20)))
+    async with app.run_test(size=(120, 36)) as pilot:
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        footer = [s for s in app.screen._compositor.render_strips()[34] if s.text.strip()]
+        assert "reviewed 0/30" in footer[0].text
+        assert footer[0].style.color != footer[0].style.bgcolor  # a blank bar in xterm before the fix
+        pictures = app.picture_widgets()
+        assert len(pictures) == 21 + 2 + 5 and all(p.display for p in app.gallery.overlays)
+        assert all(p.image is not None for p in app.gallery.overlays[:21])
+        for view in ("gallery", "detail"):
+            await pilot.press("question_mark")
+            assert isinstance(app.screen, HelpScreen)
+            assert not any(p.display or p.is_on_screen for p in app.picture_widgets())
+            if view == "gallery":  # a resize under the help re-creates the overlays: still hidden
+                await pilot.resize_terminal(104, 36)
+                await pilot.pause()
+                assert app.gallery.grid == (6, 3)
+                assert not any(p.display or p.is_on_screen for p in app.picture_widgets())
+            await pilot.press("escape")
+            await pilot.pause()
+            assert not isinstance(app.screen, HelpScreen)
+            shown = app.detail.near_pics[:3] if view == "detail" else app.gallery.overlays
+            assert all(p.display and p.is_on_screen for p in shown)
+            await pilot.press("tab")
+        await pilot.press("q")

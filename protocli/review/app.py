@@ -90,6 +90,11 @@ class ReviewApp(BackgroundWork, App):
         yield self.status
 
     def on_mount(self) -> None:
+        # An inline colour for the footer: with Sixel pictures Textual 8.2 painted the bar while the
+        # stylesheet was being applied again (the App's `color` rule absent for that moment) and kept
+        # that style, text at alpha 0; in xterm the footer was a blank bar until something restyled
+        # it. Inline styles are not touched by the stylesheet.
+        self.status.styles.color = self.theme_variables.get("foreground", "white")
         self.redraw()
 
     def check_action(self, action: str, parameters: tuple) -> bool | None:
@@ -277,7 +282,31 @@ class ReviewApp(BackgroundWork, App):
         self.call_after_refresh(lambda: self.latencies.append(time.perf_counter() - t0))
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen())
+        self.open_modal(HelpScreen())
+
+    # -- overlays ------------------------------------------------------------------------------------
+    def picture_widgets(self) -> list:
+        """Every picture widget of the main screen (Sixel/Kitty overlays, detail pictures)."""
+        pics = [*self.gallery.overlays, *self.offer.overlays]
+        return pics + [p for p in (self.detail.image, self.detail.heatmap, *self.detail.near_pics) if p is not None]
+
+    def open_modal(self, screen) -> None:
+        """Push `screen` with the pictures beneath it hidden, and show them again when it closes.
+
+        Why: Sixel pictures live in the terminal, not in Textual's cells: a picture under a modal is
+        painted over the modal's text by the terminal. Hidden widgets leave their cells to the
+        text beneath, which the modal then covers."""
+        for pic in self.picture_widgets():
+            pic.display = False
+        self.push_screen(screen, callback=lambda _=None: self.show_pictures())
+
+    def show_pictures(self) -> None:
+        for gallery in (self.gallery, self.offer):
+            for pic, proto in zip(gallery.overlays, gallery.protos, strict=False):
+                pic.display = proto is not None
+        for pic in (self.detail.image, self.detail.heatmap, *self.detail.near_pics):
+            if pic is not None:
+                pic.display = True
 
     async def action_quit(self) -> None:
         self.exit(self.state.summary())

@@ -176,8 +176,8 @@ class Gallery(Container):
         self.protos[i] = proto
         if self.overlays:
             self.canvas.set_slot(i, proto, verdict, by, cursor)
-            if new:
-                self.overlays[i].display = proto is not None
+            if new:  # under a modal (a resize while the help is up) pictures stay hidden until it closes
+                self.overlays[i].display = proto is not None and self.screen.is_active
                 self.overlays[i].show(thumb)
         else:
             self.canvas.set_slot(i, proto, verdict, by, cursor, thumb, keep_picture=not new)
