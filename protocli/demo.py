@@ -110,7 +110,8 @@ def make_encoder(out: Path, seed: int, device) -> Path:
 
 
 def train_baseline(data: Path, base: Path, device, seed: int, encoder: Path | None) -> None:
-    from protocli.push import push_run
+    from protocli.cache import latents
+    from protocli.push import ensure_push
     from protocli.recipes import make_config
     from protocli.run import Run
     from protocli.train import train_run
@@ -123,9 +124,11 @@ def train_baseline(data: Path, base: Path, device, seed: int, encoder: Path | No
         info(f"[3/7] baseline: training {TRAIN['backbone']} ProtoPNet ({how}) into {base}")
         cfg = make_config(**TRAIN, seed=seed, weights=str(encoder) if encoder else None)
         train_run(data, base, cfg, device=device, resume=(base / "manifest.json").exists())
-    latest = Run.open(base).latest_push()
-    if read_json(latest / "prototypes.json", "push file").get("box_map", "before") != "after":
-        push_run(base, device, box_map="after")
+    run = Run.open(base)
+    model = run.load_model(device)
+    cub = run.cub()
+    ztr, ytr = latents(model, cub, "train", crop=run.crop, cache_dir=run.cache_dir, device=device)
+    ensure_push(run, model, cub, ztr, ytr, device, box_map="after")
 
 
 def revise_rounds(base: Path, rev: Path, device, seed: int) -> dict:

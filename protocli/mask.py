@@ -126,6 +126,16 @@ def mask_model(
     }
 
 
+def check_refit(last_epochs: int, lr_last: float, device, generator):
+    """The last-layer refit's options checked (BadInput) -> (device, generator) with their defaults;
+    shared by mask and prune."""
+    if last_epochs < 0:
+        raise BadInput(f"--last-epochs {last_epochs}: must be 0 or more")
+    if lr_last <= 0:
+        raise BadInput(f"--lr-last {lr_last}: must be positive")
+    return device or torch.device("cpu"), generator if generator is not None else torch.Generator().manual_seed(0)
+
+
 def mask_run(
     run_dir: Path,
     antitypes: Path | None = None,
@@ -138,12 +148,7 @@ def mask_run(
     """Open (or fork to `out`) a run, mask its rejected prototypes and fine-tune the last layer."""
     from protocli.run import Run
 
-    if last_epochs < 0:
-        raise BadInput(f"--last-epochs {last_epochs}: must be 0 or more")
-    if lr_last <= 0:
-        raise BadInput(f"--lr-last {lr_last}: must be positive")
-    device = device or torch.device("cpu")
-    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    device, generator = check_refit(last_epochs, lr_last, device, generator)
     run = Run.open(run_dir)
     model = run.load_model(device)
     # Check the decisions before forking, so a bad call leaves no half-made fork behind.

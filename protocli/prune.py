@@ -22,7 +22,7 @@ import torch
 
 from protocli.console import info
 from protocli.errors import BadInput
-from protocli.mask import mask_model  # pruning is masking with ProtoPNet's rule
+from protocli.mask import check_refit, mask_model  # pruning is masking with ProtoPNet's rule
 
 K = 6  # the original's k
 THRESHOLD = 3  # the original's prune_threshold
@@ -57,12 +57,7 @@ def prune_run(
         raise BadInput(f"--k {k}: must be at least 1")
     if not 0 <= threshold <= k:
         raise BadInput(f"--threshold {threshold}: must be between 0 and --k ({k})")
-    if last_epochs < 0:
-        raise BadInput(f"--last-epochs {last_epochs}: must be 0 or more")
-    if lr_last <= 0:
-        raise BadInput(f"--lr-last {lr_last}: must be positive")
-    device = device or torch.device("cpu")
-    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    device, generator = check_refit(last_epochs, lr_last, device, generator)
     run = Run.open(run_dir)
     push = run.require_push().name  # the original prunes right after a push
     source = str(run.path)

@@ -25,6 +25,7 @@ from protocli.errors import BadInput
 from protocli.files import atomic_write_bytes, atomic_write_json
 from protocli.nearest import k_nearest_patches, nearest_patches
 from protocli.pictures import draw_box, jet, png
+from protocli.runfiles import push_is_current, read_push_doc
 
 
 def load_input_images(cub, items, size: int, crop: bool) -> dict[int, np.ndarray]:
@@ -162,6 +163,20 @@ def write_pictures(folder: Path, protos: list[dict], maps: torch.Tensor, cub, si
 
     with ThreadPoolExecutor(max_workers=4) as ex:
         return sum(ex.map(one, protos))
+
+
+def ensure_push(run, model, cub, ztr, ytr, device, box_map: str = "before") -> Path:
+    """The latest push if it is current and drew its boxes from `box_map`, else a new push stage.
+
+    A training push draws its boxes from the prototypes before projection; revision wants the boxes
+    of the prototypes as they are (see ReviseConfig.box_map), so rounds (and the demo) push again: the
+    patches stay, the boxes are those of the pushed vectors."""
+    latest = run.latest_push()
+    if push_is_current(model.state_dict(), latest):  # a push now would repeat it
+        if read_push_doc(latest).get("box_map", "before") == box_map:
+            return latest
+    push_model(run, model, cub, ztr, ytr, device, box_map=box_map)
+    return run.latest_push()
 
 
 def push_run(run_dir: Path, device, box_map: str = "before", dist=None) -> dict:

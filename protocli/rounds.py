@@ -39,29 +39,12 @@ from protocli.files import atomic_write_json
 from protocli.mask import mask_model, rejected_on_latest_push
 from protocli.metrics import accuracies_on_cache
 from protocli.model import pushed_prototypes
-from protocli.push import push_model
+from protocli.push import ensure_push
 from protocli.revise import ReviseConfig, antitype_matrix, revise_model
-from protocli.runfiles import push_is_current, read_push_doc
+from protocli.runfiles import read_push_doc
 
 USERS = ("simulated", "tui")
 EFFORT = ("keys", "looked_90", "looked_100")  # the simulated user's review effort (simulate.review_walk)
-
-
-def ensure_push(run, model, cub, ztr, ytr, device, box_map: str = "before") -> Path:
-    """The latest push if it is current and drew its boxes from `box_map`, else a new push stage.
-
-    A training push draws its boxes from the prototypes before projection; revision wants the boxes
-    of the prototypes as they are (see ReviseConfig.box_map), so its first round pushes again: the
-    patches stay, the boxes are those of the pushed vectors."""
-    from protocli.files import read_json
-
-    latest = run.latest_push()
-    if push_is_current(model.state_dict(), latest):  # a push now would repeat it
-        doc = read_json(latest / "prototypes.json", "push file")
-        if doc.get("box_map", "before") == box_map:
-            return latest
-    push_model(run, model, cub, ztr, ytr, device, box_map=box_map)
-    return run.latest_push()
 
 
 def consult(run, cub, user: str, criterion: str, ask=None, order: str = "id", look_alikes: bool = False) -> dict:

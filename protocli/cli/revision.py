@@ -139,9 +139,14 @@ def _tui(graphics: str):
     return ask
 
 
-def _revise_options(**kw) -> dict:
-    """Parsed option values keyed as ReviseConfig's fields (enums as their value)."""
-    return {k: getattr(v, "value", v) for k, v in kw.items()}
+def _revise_options(params: dict) -> dict:
+    """A command's parameters (its `locals()`) -> the values of ReviseConfig's fields (enums as their
+    value). The option names are the field names, so every revise option reaches the config."""
+    from dataclasses import fields
+
+    from protocli.revise_config import ReviseConfig
+
+    return {f.name: getattr(params[f.name], "value", params[f.name]) for f in fields(ReviseConfig)}
 
 
 @app.command()
@@ -175,6 +180,7 @@ def revise(
     quiet: bool = QUIET_OPT,
 ):
     """Revise prototypes away from the antitypes (Refine loss), then push and fine-tune the last layer."""
+    params = dict(locals())
 
     def go():
         from protocli import distributed
@@ -183,12 +189,7 @@ def revise(
         from protocli.runtime import seed_everything
 
         from_file, _ = read_optional(config)
-        cfg = revise_config(ctx, from_file, _revise_options(
-            epochs=epochs, lam_refine=lam_refine, lam_con=lam_con, lam_l1=lam_l1, lam_clst=lam_clst,
-            lam_sep=lam_sep, refine_distance=refine_distance, refine_reduce=refine_reduce,
-            lr_prototypes=lr_prototypes, lr_kept=lr_kept, lr_last=lr_last, last_epochs=last_epochs,
-            batch_size=batch_size, push_avoid=push_avoid, push_margin=push_margin, push_distinct=push_distinct,
-            box_map=box_map))
+        cfg = revise_config(ctx, from_file, _revise_options(params))
         dist, dev = distributed.setup(device)
         if not distributed.share_cache(run, dist, dev):
             return {}
@@ -237,6 +238,7 @@ def rounds(
     quiet: bool = QUIET_OPT,
 ):
     """Iterative prototype revision, Algorithm 1 of the paper: push, consult the user, revise; repeated."""
+    params = dict(locals())
 
     def go():
         from protocli import distributed
@@ -245,12 +247,7 @@ def rounds(
         from protocli.runtime import seed_everything
 
         from_file, rounds_file = read_optional(config)
-        cfg = revise_config(ctx, from_file, _revise_options(
-            epochs=epochs, lam_refine=lam_refine, lam_con=lam_con, lam_l1=lam_l1, lam_clst=lam_clst,
-            lam_sep=lam_sep, refine_distance=refine_distance, refine_reduce=refine_reduce,
-            lr_prototypes=lr_prototypes, lr_kept=lr_kept, lr_last=lr_last, last_epochs=last_epochs,
-            batch_size=batch_size, push_avoid=push_avoid, push_margin=push_margin, push_distinct=push_distinct,
-            box_map=box_map))
+        cfg = revise_config(ctx, from_file, _revise_options(params))
         r = merged(ctx, rounds_file, {"n_rounds": n_rounds, "criterion": criterion.value,
                                       "finally_mask": finally_mask, "final_last_epochs": final_last_epochs},
                    keys={"n_rounds": "rounds", "finally_mask": "final_mask"})
