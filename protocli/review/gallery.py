@@ -28,7 +28,7 @@ from protocli.review.widgets import MARKS, make_picture
 PIC = (12, 6)            # picture of a card in cells: 12x12 half-block pixels, square on 1:2 cells
 LABEL_ROWS = 3
 CARD_W = 16              # border + 14 columns of text
-COLORS = {None: "grey50", "reject": "#e0524f", "accept": "#4fb05a"}
+COLORS = {None: "grey50", "reject": "#e0524f", "accept": "#4fb05a", "marked": "#b0403d", "spared": "grey50"}
 CURSOR = "#f0c040"
 ROUND, HEAVY = "╭─╮│╰╯", "┏━┓┃┗┛"
 
