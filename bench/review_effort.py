@@ -118,7 +118,9 @@ def signal_table(run: Path, criterion: str, combos: list[tuple[str, ...]]) -> di
     md, arg = su.grid_min(z, v)
     pcls = torch.tensor([p["class"] for p in doc["prototypes"]])
     sig = su.signals(md, arg, y.long(), pcls, su.current_weight(r, push, v, pcls), tuple(doc["grid"]), doc, v)
-    out = {}
+    flags = st[criterion].tolist()
+    n = int(sum(flags))
+    out = {"ideal": round(-(-9 * n // 10) / len(v), 3) if n else None}  # the masks' own order: ceil(0.9 n)
     for combo in combos:
         order = list(range(len(v))) if combo == ("id",) else su.order(su.score(sig, combo))
         w = walk(order, st[criterion].tolist())
@@ -274,7 +276,7 @@ def signals_main(a) -> int:
     print(f"\nShare of prototypes looked at to find 90% of the non-object ones ({a.criterion}), first push\n")
     print("| order | mean | " + " | ".join(runs) + " |")
     print("|---|---|" + "---|" * len(runs))
-    for m, c in rows[:12] + [r for r in rows[12:] if r[1] == "id" or "+" not in r[1]]:
+    for m, c in rows[:12] + [r for r in rows[12:] if r[1] in ("id", "ideal") or "+" not in r[1]]:
         print(f"| {c} | {m:.2f} | " + " | ".join(fmt(table[r][c]) for r in runs) + " |")
     return 0
 
