@@ -112,12 +112,10 @@ class ReviewApp(BackgroundWork, App):
         filt = "all classes" if s.filter_class is None else f"class {s.class_label(s.filter_class)}"
         s.offers.room = max(1, min(SHOWN, (self.size.width or SHOWN * CARD_W) // CARD_W))  # one row of cards
         shown = s.offers.shown
-        message = s.message
-        if shown:
-            n = len(s.offers.marked)
-            hint = f"look-alikes of #{s.offers.of}: R reject {n} marked  1-{len(shown)} spare one  x dismiss"
-            message = f"{message} │ {hint}" if message else hint
-        self.status.set(s.counts(), s.push, s.sort, filt, self.file_label, message, s.read_only,
+        if shown:  # the row says what its keys do, on its own top border
+            self.offer.border_title = (f"look-alikes of #{s.offers.of}: R rejects the {len(s.offers.marked)} "
+                                       f"marked · 1-{len(shown)} spare one · x dismiss")
+        self.status.set(s.counts(), s.push, s.sort, filt, self.file_label, s.message, s.read_only,
                         self.effect_text)
         self.redraw_offer(shown)
         page = 0 if self.in_detail else self.gallery.page_size  # a hidden gallery waits for tab
@@ -161,8 +159,9 @@ class ReviewApp(BackgroundWork, App):
             proto = s.protos[shown[i]] if i < len(shown) else None
             new = proto is not self.offer.protos[i]
             thumb = self.thumbs.cached(("patch", proto.id, 0, *PIC)) if proto and new else None
-            # an offered card is undecided: it shows whether R would reject it
-            mark = {"verdict": "spared" if proto.id in s.offers.spared else "marked", "by": None} if proto else None
+            # an offered card is undecided: it shows its key and whether R would reject it
+            mark = ({"verdict": "spared" if proto.id in s.offers.spared else "marked", "by": str(i + 1)}
+                    if proto else None)
             self.offer.bind(i, proto, mark, False, thumb)
             if proto is not None and new:
                 ids.append(proto.id)

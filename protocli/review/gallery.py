@@ -62,7 +62,10 @@ def card_lines(proto: Proto | None, verdict: str | None, by: str | None, cursor:
             pic = picture[y] if isinstance(picture, list) and y < len(picture) else Strip.blank(PIC[0], base)
             lines.append(Strip.join([Strip([side]), Strip.blank(pad, base), pic,
                                      Strip.blank(inner - pad - PIC[0], base), Strip([side])]))
-    mark = MARKS[verdict] + (" sim" if by == "simulated" else "")
+    if verdict in ("marked", "spared"):  # a card of the look-alike offer: `by` is its digit key
+        mark = f"{by} {MARKS[verdict]}"
+    else:
+        mark = MARKS[verdict] + (" sim" if by == "simulated" else "")
     label = [(f"#{proto.id}  w {proto.weight:+.2f}", base + Style(bold=True, reverse=cursor)),
              (mark, base + Style(color=COLORS[verdict], bold=cursor)),
              (proto.class_name, base + Style(dim=not cursor))]
