@@ -40,13 +40,26 @@ def cli(*args: str) -> None:
                    cwd=Path(__file__).resolve().parents[1])
 
 
-def baseline(out: Path, family: str, seed: int) -> Path:
-    data, run = out / f"{family}-{seed}" / "data", out / f"{family}-{seed}" / "run"
+def baseline(out: Path, family: str, seed: int, regime: str = "pretrained") -> Path:
+    """The run to review: the demo's regime (pretrained encoder, fine-tuned) or trained from scratch."""
+    base = out / f"{family}-{seed}"
+    data, run = base / "data", base / ("run" if regime == "scratch" else "pretrained")
     if not (data / "synth.json").exists():
         cli("data", "synth", str(data), "--family", family, "--seed", str(seed))
+    extra: list[str] = []
+    if regime == "pretrained":  # the same commands as the demo and bench/paper_regime.py
+        pre, enc = base / "pretrain-data", base / "encoder.safetensors"
+        if not (pre / "synth.json").exists():
+            cli("data", "synth", str(pre), "--family", family, "--confound", "0.125", "--seed",
+                str(1000 + seed), "--train-per-class", "60", "--test-per-class", "10")
+        if not enc.exists():
+            cli("pretrain", str(pre), str(enc), "--seed", str(seed))
+        extra = ["--weights", str(enc)]
     if not (run / "model.safetensors").exists():
         shutil.rmtree(run, ignore_errors=True)
-        cli("train", str(data), str(run), "--backbone", "tiny", "--seed", str(seed), "--workers", "0")
+        cli("train", str(data), str(run), "--backbone", "tiny", "--seed", str(seed), "--workers", "0", *extra)
+        if regime == "pretrained":  # the demo's settling push: boxes from the pushed vectors
+            cli("push", str(run), "--box-map", "after")
     return run
 
 
@@ -105,11 +118,57 @@ def signal_table(run: Path, criterion: str, combos: list[tuple[str, ...]]) -> di
     md, arg = su.grid_min(z, v)
     pcls = torch.tensor([p["class"] for p in doc["prototypes"]])
     sig = su.signals(md, arg, y.long(), pcls, su.current_weight(r, push, v, pcls), tuple(doc["grid"]), doc, v)
-    out = {}
+    flags = st[criterion].tolist()
+    n = int(sum(flags))
+    out = {"ideal": round(-(-9 * n // 10) / len(v), 3) if n else None}  # the masks' own order: ceil(0.9 n)
     for combo in combos:
         order = list(range(len(v))) if combo == ("id",) else su.order(su.score(sig, combo))
         w = walk(order, st[criterion].tolist())
         out["+".join(combo)] = None if w["looked_90"] is None else round(w["looked_90"] / len(v), 3)
+    return out
+
+
+def push_truth(run: Path, criterion: str):
+    """The latest push of a run: its flags, suspicion score, pushed vectors and prototypes.json."""
+    import torch
+
+    from protocli import suspicion as su
+    from protocli.cache import latents
+    from protocli.model import pushed_prototypes as pushed_vectors
+    from protocli.run import Run
+    from protocli.simulate import push_object_stats
+
+    r = Run.open(run)
+    cub, push = r.cub(), r.require_push()
+    st = push_object_stats(r, cub, push)
+    doc, v = st["doc"], pushed_vectors(push)
+    z, y = latents(r.load_model("cpu"), cub, "train", crop=r.crop, cache_dir=r.cache_dir, device=torch.device("cpu"))
+    md, arg = su.grid_min(z, v)
+    pcls = torch.tensor([p["class"] for p in doc["prototypes"]])
+    sig = su.signals(md, arg, y.long(), pcls, su.current_weight(r, push, v, pcls), tuple(doc["grid"]), doc, v)
+    return st[criterion].tolist(), su.score(sig), v, doc
+
+
+def offer_table(run: Path, criterion: str, radii, shares) -> dict:
+    """Keys to reject every non-object prototype of the first push, walking in suspicion order, per
+    offer rule (radius factor x share of the most suspicious that may be offered); 'none' = no offers."""
+    import numpy as np
+
+    from protocli import suspicion as su
+    from protocli.effort import walk
+
+    flags, s, v, doc = push_truth(run, criterion)
+    order = su.order(s)
+    vv = v.double().numpy()
+    sq = (vv * vv).sum(1)
+    d = np.maximum(sq[:, None] - 2 * vv @ vv.T + sq[None, :], 0.0)
+    np.fill_diagonal(d, np.inf)
+    nn = float(np.median(d.min(1)))
+    out = {"none": walk(order, flags)["keys"], "non_object": int(sum(flags))}
+    for rx in radii:
+        for share in shares:
+            la = su.look_alikes(v, doc, radius=rx * nn, offered=su.most_suspicious(s, share))
+            out[f"{rx:g}x/{share:g}"] = walk(order, flags, la)["keys"]
     return out
 
 
@@ -138,18 +197,24 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--criterion", default="box")
+    ap.add_argument("--regime", choices=["pretrained", "scratch"], default="pretrained",
+                    help="pretrained: the demo's regime (encoder pretrained, then fine-tuned); scratch: tiny from scratch.")
     ap.add_argument("--no-rounds", action="store_true")
     ap.add_argument("--signals", action="store_true",
                     help="Only the table that chose the default score: looked_90 per signal combination.")
+    ap.add_argument("--offers", action="store_true",
+                    help="Only the table that chose the offer rule: keys per radius factor and suspicious share.")
     a = ap.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     if a.signals:
         return signals_main(a)
+    if a.offers:
+        return offers_main(a)
     result = {"criterion": a.criterion, "runs": {}}
     for fam in a.families:
         for seed in a.seeds:
-            run = baseline(a.out, fam, seed)
-            work = a.out / f"{fam}-{seed}" / "work"
+            run = baseline(a.out, fam, seed, a.regime)
+            work = a.out / f"{fam}-{seed}" / f"work-{a.regime}"
             r = {"first_push": first_push(run, work, a.criterion), "effect": effect_check(run, work, a.criterion)}
             if not a.no_rounds:
                 r["rounds_id"] = rounds(run, work, a.rounds, a.criterion, "id", False)
@@ -199,7 +264,7 @@ def signals_main(a) -> int:
 
     names = [n for n in su.SIGNALS if n != "antitype"]  # no antitypes before the first review
     combos = [("id",)] + [(n,) for n in names] + list(itertools.combinations(names, 2))
-    table = {f"{fam}-{seed}": signal_table(baseline(a.out, fam, seed), a.criterion, combos)
+    table = {f"{fam}-{seed}": signal_table(baseline(a.out, fam, seed, a.regime), a.criterion, combos)
              for fam in a.families for seed in a.seeds}
     (a.out / "signals.json").write_text(json.dumps(table, indent=1))
     runs = list(table)
@@ -211,8 +276,29 @@ def signals_main(a) -> int:
     print(f"\nShare of prototypes looked at to find 90% of the non-object ones ({a.criterion}), first push\n")
     print("| order | mean | " + " | ".join(runs) + " |")
     print("|---|---|" + "---|" * len(runs))
-    for m, c in rows[:12] + [r for r in rows[12:] if r[1] == "id" or "+" not in r[1]]:
+    for m, c in rows[:12] + [r for r in rows[12:] if r[1] in ("id", "ideal") or "+" not in r[1]]:
         print(f"| {c} | {m:.2f} | " + " | ".join(fmt(table[r][c]) for r in runs) + " |")
+    return 0
+
+
+def offers_main(a) -> int:
+    radii, shares = (1, 2, 4, 8, 1e6), (0.2, 0.3, 0.5, 1.0)
+    table = {f"{fam}-{seed}": offer_table(baseline(a.out, fam, seed, a.regime), a.criterion, radii, shares)
+             for fam in a.families for seed in a.seeds}
+    (a.out / "offers.json").write_text(json.dumps(table, indent=1))
+    runs = list(table)
+    fams = sorted({r.split("-")[0] for r in runs})
+    print(f"\nKeys to reject all non-object prototypes of the first push ({a.criterion}), suspicion order;"
+          " rule = radius factor / share offered; per family: keys summed over seeds, and / one key each\n")
+    print("| rule | " + " | ".join(fams) + " | " + " | ".join(runs) + " |")
+    print("|---|" + "---|" * (len(fams) + len(runs)))
+    for rule in [k for k in table[runs[0]] if k != "non_object"]:
+        per_fam = []
+        for f in fams:
+            k = sum(table[r][rule] for r in runs if r.startswith(f + "-"))
+            n = sum(table[r]["non_object"] for r in runs if r.startswith(f + "-"))
+            per_fam.append(f"{k}/{n} = {k / max(n, 1):.2f}")
+        print(f"| {rule} | " + " | ".join(per_fam) + " | " + " | ".join(str(table[r][rule]) for r in runs) + " |")
     return 0
 
 

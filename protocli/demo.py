@@ -110,7 +110,7 @@ def make_encoder(out: Path, seed: int, device) -> Path:
 
 
 def train_baseline(data: Path, base: Path, device, seed: int, encoder: Path | None) -> None:
-    from protocli.cache import latents
+    from protocli.cache import latents, masks
     from protocli.push import ensure_push
     from protocli.recipes import make_config
     from protocli.run import Run
@@ -129,6 +129,9 @@ def train_baseline(data: Path, base: Path, device, seed: int, encoder: Path | No
     cub = run.cub()
     ztr, ytr = latents(model, cub, "train", crop=run.crop, cache_dir=run.cache_dir, device=device)
     ensure_push(run, model, cub, ztr, ytr, device, box_map="after")
+    # The test masks (for activation precision) are built once here: both forks hard-link the cache.
+    if cub.has_masks:
+        masks(cub, "test", size=model.cfg.img_size, crop=run.crop, cache_dir=run.cache_dir)
 
 
 def revise_rounds(base: Path, rev: Path, device, seed: int) -> dict:

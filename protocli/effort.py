@@ -3,11 +3,14 @@
 The simulated reviewer does what a person in the review TUI does, with the masks to decide:
 it walks the prototypes in the TUI's order (`space` skips those already decided), looks at each,
 and presses `r` on a non-object one. With look-alikes on, the TUI then offers that prototype's
-look-alikes (`suspicion.look_alikes`), at most `SHOWN` cards at a time: when every card shown is
-non-object it presses `R` (reject all, one key), otherwise one digit key per non-object card.
-Every reject inside an offer brings the rejected card's own look-alikes into the offer (those not
-shown before in this chain and undecided). When no shown card is non-object it walks on: moving
-costs no key here, in either mode, as clicks in the paper count rejects only.
+look-alikes (`suspicion.look_alikes`), at most `SHOWN` cards at a time, every card marked for
+rejection: a digit spares a card (one key each) and `R` rejects the cards still marked (one key).
+The reviewer takes the offer when that is no dearer than rejecting the non-object cards one by
+one later (spared + 1 <= non-object cards shown): it spares the object cards and presses `R`.
+Otherwise it walks on and rejects those cards with `r` when it reaches them. Every card rejected
+from an offer brings its own look-alikes into the offer (those not shown before in this chain and
+undecided); spared cards leave it. Moving costs no key here, in either mode, as clicks in the
+paper count rejects only.
 
 Outputs: the rejected ids and, per run, `looked_90` / `looked_100` (distinct prototypes seen
 when 90% / all of the non-object ones still undecided at the start had been rejected; None when
@@ -67,11 +70,12 @@ def walk(order: list[int], non_object, look_alikes: list[list[int]] | None = Non
             cards = offer[:shown]
             seen.update(cards)
             bad = [o for o in cards if flags[o]]
-            if not bad:
-                break
-            keys += 1 if len(bad) == len(cards) else len(bad)
+            spare = len(cards) - len(bad)
+            if not bad or spare + 1 > len(bad):
+                break  # walk on: `r` on each non-object card when the walk reaches it is cheaper
+            keys += spare + 1
             rejected.update(bad)
             note()
-            offer = [o for o in offer if o not in rejected] + fresh(bad, chain)
+            offer = [o for o in offer if o not in cards] + fresh(bad, chain)
     return {"non_object_to_find": n, **looked, "keys": keys, "one_key_each": n,
             "looked_total": len(seen), "rejected_ids": sorted(rejected)}

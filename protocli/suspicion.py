@@ -37,8 +37,13 @@ SIGNALS = ("evenness", "specific", "other", "own", "weight", "strong", "ubiquity
            "border", "box_gap", "distance")
 DEFAULT = ("border", "box_gap")
 LOOK_ALIKES = 8  # at most this many offered after a reject: one row of cards
+# Which look-alikes are offered: within RADIUS_X x the median nearest-neighbour distance, and among the
+# most suspicious OFFER_SHARE of the prototypes. Chosen on the birds family, confirmed on the flowers
+# (bench/review_effort.py --offers, docs/review-effort.md).
+RADIUS_X = 4.0
+OFFER_SHARE = 0.3
 FILE = "suspicion.json"
-VERSION = 1
+VERSION = 2  # 2: look-alikes only among the most suspicious
 
 if TYPE_CHECKING:
     import torch
@@ -152,13 +157,16 @@ def patch_ids(doc: dict) -> list[int]:
     return [ids.setdefault((p["image"], tuple(p["cell"])), len(ids)) for p in doc["prototypes"]]
 
 
-def look_alikes(vectors, doc: dict, k: int = LOOK_ALIKES, radius: float | None = None) -> list[list[int]]:
+def look_alikes(vectors, doc: dict, k: int = LOOK_ALIKES, radius: float | None = None,
+                offered=None) -> list[list[int]]:
     """Per prototype: the others on the same patch, then the nearest pushed vectors, at most k in all.
 
-    Only neighbours within `radius` (squared L2) are kept; the default radius is the median over
-    prototypes of the distance to their nearest other prototype, so a prototype in a tight cluster
-    gets its cluster and an isolated one little more than its duplicates. numpy only: the review TUI
-    calls this without importing torch.
+    Beyond the same patch only prototypes in `offered` (ids; default all) within `radius` (squared
+    L2) are kept. The default radius is RADIUS_X times the median over prototypes of the squared
+    distance to their nearest other prototype. `compute` passes the most suspicious OFFER_SHARE as
+    `offered`: latent nearness alone offers as many object parts as backgrounds (measured in
+    docs/review-effort.md), nearness among the suspicious ones mostly backgrounds. numpy only: the
+    review TUI calls this without importing torch.
     """
     import numpy as np
 
@@ -173,12 +181,23 @@ def look_alikes(vectors, doc: dict, k: int = LOOK_ALIKES, radius: float | None =
     same = key[:, None] == key[None, :]
     np.fill_diagonal(same, False)
     if radius is None:
-        radius = float(np.median(d.min(1)))
-    d = np.where(same, -1.0, d)  # same patch first
+        radius = RADIUS_X * float(np.median(d.min(1)))
+    if offered is not None:
+        allowed = np.zeros(P, dtype=bool)
+        allowed[np.asarray(list(offered), dtype=np.int64)] = True
+        d[:, ~allowed] = np.inf
+    d = np.where(same, -1.0, d)  # same patch first, whatever its score
     kk = min(k, P - 1)
     ni = np.argsort(d, axis=1, kind="stable")[:, :kk]
     nd = np.take_along_axis(d, ni, axis=1)
     return [[int(j) for j, dd in zip(ni[i], nd[i], strict=True) if dd <= radius] for i in range(P)]
+
+
+def most_suspicious(scores, share: float = OFFER_SHARE) -> list[int]:
+    """The ceil(share x P) prototypes with the highest scores: those the offers may show."""
+    import math
+
+    return order(scores)[:math.ceil(share * len(scores))]
 
 
 def current_weight(run, push_dir: Path, vectors: torch.Tensor, pcls: torch.Tensor) -> torch.Tensor:
@@ -240,7 +259,7 @@ def compute(run, push_dir: Path | None = None, cub=None, device=None, splits=Non
     out = {"version": VERSION, "push": doc.get("push", push_dir.name), "signals_used": list(names),
            "score": [round(float(v), 5) for v in s],
            "signals": {n: [round(float(v), 5) for v in t] for n, t in sig.items()},
-           "look_alikes": look_alikes(vectors, doc)}
+           "look_alikes": look_alikes(vectors, doc, offered=most_suspicious(s))}
     atomic_write_json(push_dir / FILE, out)
     return out
 

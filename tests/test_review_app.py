@@ -117,9 +117,9 @@ async def test_text_only_and_textual_image_widgets(run):
 
 
 def write_suspicion(push, scores, look_alikes) -> None:
-    from protocli.suspicion import DEFAULT
+    from protocli.suspicion import DEFAULT, VERSION
 
-    (push / "suspicion.json").write_text(json.dumps({"version": 1, "push": push.name, "score": scores,
+    (push / "suspicion.json").write_text(json.dumps({"version": VERSION, "push": push.name, "score": scores,
                                                      "signals_used": list(DEFAULT), "look_alikes": look_alikes}))
 
 
@@ -162,18 +162,27 @@ async def test_suspicion_order_and_look_alike_offers(tmp_path):
         assert st.offers.shown == [5, 7] and app.offer.display
         assert st.offers.room == 7  # 120 columns hold 7 cards: R rejects no card that is not on screen
         text = "\n".join(screen_lines(app.export_screenshot()))
-        assert "look-alikes of #4: R reject all 2" in text and "#5  w" in text and "#7  w" in text
-        await pilot.press("1")  # reject #5: its look-alike #9 joins the offer
-        assert decided(tmp_path / "run") == {4: "reject", 5: "reject"} and st.offers.shown == [7, 9]
-        await pilot.press("R")
+        assert "look-alikes of #4: R rejects the 2 marked" in text and "#5  w" in text and "#7  w" in text
+        assert "1 ✗ on R" in text and "2 ✗ on R" in text
+        await pilot.press("2")  # spare #7
         await pilot.pause()
-        assert decided(tmp_path / "run") == {4: "reject", 5: "reject", 7: "reject", 9: "reject"}
-        assert st.offers.ids == [] and not app.offer.display
+        assert st.offers.marked == [5] and "R rejects the 1 marked" in "\n".join(screen_lines(app.export_screenshot()))
+        await pilot.press("2", "2")  # marked again, spared again
+        assert st.offers.spared == {7}
+        await pilot.press("R")  # rejects #5 only; #7 leaves the row, #5's look-alike #9 joins it
+        await pilot.pause()
+        assert decided(tmp_path / "run") == {4: "reject", 5: "reject"} and st.offers.shown == [9]
+        await pilot.press("R")
+        assert decided(tmp_path / "run") == {4: "reject", 5: "reject", 9: "reject"}
+        assert st.offers.ids == []
+        await pilot.pause()
+        assert not app.offer.display
         await pilot.press("u")  # undo takes back the last reject, one at a time
         assert 9 not in decided(tmp_path / "run")
-        st.goto(st.order.index(7))
-        await pilot.press("u", "home", "r")  # #7 undecided again; r on #4 (a reject already) offers #7 again
+        await pilot.press("home", "r")  # r on #4 again: #5 is decided, #7 was spared and is offered again
         assert st.offers.shown == [7]
+        await pilot.press("3")  # no such card: a message, nothing else
+        assert st.offers.spared == set() and "no look-alike 3" in st.message
         await pilot.press("x")
         assert st.offers.ids == [] and st.current.id == 0
         await pilot.press("q")

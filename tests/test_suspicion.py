@@ -88,20 +88,24 @@ def test_look_alikes_same_patch_first_then_nearest_within_radius():
     assert su.look_alikes(v, doc, k=3, radius=0.1) == [[1], [4, 0], [3], [2], [1]]
     assert su.look_alikes(v, doc, k=3, radius=0.02) == [[1], [4, 0], [], [], [1]]
     assert su.look_alikes(v, doc, k=1, radius=0.1)[1] == [4]
+    # only `offered` ids join beyond the same patch; the same patch always does
+    assert su.look_alikes(v, doc, k=3, radius=0.1, offered=[2, 4]) == [[], [4], [], [2], [1]]
+    assert su.most_suspicious([0.1, 0.9, 0.5, 0.9], share=0.5) == [1, 3]
 
 
 def test_look_alikes_match_a_loop_with_the_default_radius():
     rng = np.random.default_rng(0)
     v = rng.random((30, 4), dtype=np.float32)
     doc = _doc([(j % 2, 0) for j in range(30)], images=[f"i{j % 27}" for j in range(30)])
-    got = su.look_alikes(v, doc, k=5)
+    offered = set(range(0, 30, 3))
+    got = su.look_alikes(v, doc, k=5, offered=sorted(offered))
     d = ((v[:, None, :].astype(np.float64) - v[None]) ** 2).sum(2)
     np.fill_diagonal(d, np.inf)
-    radius = np.median(d.min(1))
+    radius = su.RADIUS_X * np.median(d.min(1))
     for i in range(30):
         same = [j for j in range(30) if j != i and doc["prototypes"][j]["image"] == doc["prototypes"][i]["image"]
                 and doc["prototypes"][j]["cell"] == doc["prototypes"][i]["cell"]]
-        rest = [j for j in np.argsort(d[i], kind="stable") if j != i and j not in same]
+        rest = [j for j in np.argsort(d[i], kind="stable") if j != i and j not in same and j in offered]
         want = (same + rest)[:5]
         assert got[i] == [j for j in want if j in same or d[i, j] <= radius]
 
@@ -112,15 +116,28 @@ def test_walk_counts_looks_and_keys():
     w = walk([0, 1, 2, 3, 4, 5], flags)
     assert (w["looked_90"], w["looked_100"], w["keys"], w["one_key_each"]) == (5, 5, 3, 3)
     w = walk([0, 1, 2, 3, 4, 5], flags, la, shown=8)
-    # r on #1 (1 key); offer [3, 2]: only #3 is non-object -> one digit key; #3's look-alike #4 joins:
-    # offer [2, 4] -> digit for #4. Seen by then: 0, 1, 3, 2, 4
+    # r on #1 (1 key); offer [3, 2]: sparing #2 and R (2 keys) would cost more than r on #3 later
+    # (1 key): walk on. r on #3 (1 key); offer [4], all non-object: R (1 key). Seen: 0, 1, 3, 2, 4
     assert (w["keys"], w["looked_100"], w["rejected_ids"]) == (3, 5, [1, 3, 4])
     la = [[], [3], [], [4], [], []]
     w = walk([0, 1, 2, 3, 4, 5], flags, la)
-    assert (w["keys"], w["looked_100"]) == (3, 4)  # R on [3] (all shown bad), R on [4]
+    assert (w["keys"], w["looked_100"]) == (3, 4)  # r on #1, R on [3] (all shown bad) brings [4]: R again
     w = walk([0, 1, 2, 3, 4, 5], flags, decided={1})
     assert w["non_object_to_find"] == 2 and w["looked_100"] == 4 and w["keys"] == 2
     assert walk([0, 1], [False, False])["looked_90"] is None
+
+
+def test_walk_spares_the_object_cards_when_that_is_cheaper():
+    flags = [False, True, False, True, True, True, False]
+    la = [[], [3, 2, 4, 5], [], [6], [], [], []]
+    w = walk(list(range(7)), flags, la)
+    # r on #1; offer [3, 2, 4, 5]: spare #2 (1 key) + R (1 key) rejects 3, 4, 5; #3 brings #6, an
+    # object card alone in the offer: walk on. 3 keys for 4 non-object prototypes
+    assert (w["keys"], w["one_key_each"], w["rejected_ids"]) == (3, 4, [1, 3, 4, 5])
+    assert w["looked_100"] == 6 and w["looked_total"] == 7
+    w = walk(list(range(7)), flags, la, shown=2)  # a narrow terminal: the offer shows [3, 2] first
+    # [3, 2]: spare + R = 2 keys > 1: walk on; r on #3 -> offer [6]: walk on; r on #4, r on #5
+    assert w["keys"] == 4
 
 
 @pytest.mark.parametrize("order,la", [("suspicion", True), ("id", False)])

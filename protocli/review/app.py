@@ -60,7 +60,7 @@ class ReviewApp(BackgroundWork, App):
         ("space", "next_undecided"), ("f", "filter"), ("F", "next_class"), ("s", "sort"),
         ("tab", "toggle_view"), ("question_mark", "help"), ("q,ctrl+c", "quit"),
         ("R", "offer_reject"), ("x,escape", "dismiss_offer"),
-    ]] + [Binding(str(n), f"offer_reject({n - 1})", show=False, priority=True) for n in range(1, SHOWN + 1)]
+    ]] + [Binding(str(n), f"offer_spare({n - 1})", show=False, priority=True) for n in range(1, SHOWN + 1)]
 
     def __init__(self, state: ReviewState, renderer: Renderer, thumbnails: Thumbnails | None = None):
         super().__init__()
@@ -112,11 +112,10 @@ class ReviewApp(BackgroundWork, App):
         filt = "all classes" if s.filter_class is None else f"class {s.class_label(s.filter_class)}"
         s.offers.room = max(1, min(SHOWN, (self.size.width or SHOWN * CARD_W) // CARD_W))  # one row of cards
         shown = s.offers.shown
-        message = s.message
-        if shown:
-            hint = f"look-alikes of #{s.offers.of}: R reject all {len(shown)}  1-{len(shown)} one  x dismiss"
-            message = f"{message} │ {hint}" if message else hint
-        self.status.set(s.counts(), s.push, s.sort, filt, self.file_label, message, s.read_only,
+        if shown:  # the row says what its keys do, on its own top border
+            self.offer.border_title = (f"look-alikes of #{s.offers.of}: R rejects the {len(s.offers.marked)} "
+                                       f"marked · 1-{len(shown)} spare one · x dismiss")
+        self.status.set(s.counts(), s.push, s.sort, filt, self.file_label, s.message, s.read_only,
                         self.effect_text)
         self.redraw_offer(shown)
         page = 0 if self.in_detail else self.gallery.page_size  # a hidden gallery waits for tab
@@ -144,6 +143,10 @@ class ReviewApp(BackgroundWork, App):
         if self.first_screen_s is None:
             self.first_screen_s = time.perf_counter() - self.started
             self.start_effect()
+            if self.state.suspicion is None and not self.state.read_only and not self._suspicion_started:
+                # the look-alike offers need the scores; asked for or not, they are ready by the first reject
+                self._suspicion_started = True
+                self.start_suspicion()
 
     def redraw_offer(self, shown: list[int]) -> None:
         if bool(shown) != bool(self.offer.display):
@@ -156,7 +159,10 @@ class ReviewApp(BackgroundWork, App):
             proto = s.protos[shown[i]] if i < len(shown) else None
             new = proto is not self.offer.protos[i]
             thumb = self.thumbs.cached(("patch", proto.id, 0, *PIC)) if proto and new else None
-            self.offer.bind(i, proto, s.decision(proto.id) if proto else None, False, thumb)
+            # an offered card is undecided: it shows its key and whether R would reject it
+            mark = ({"verdict": "spared" if proto.id in s.offers.spared else "marked", "by": str(i + 1)}
+                    if proto else None)
+            self.offer.bind(i, proto, mark, False, thumb)
             if proto is not None and new:
                 ids.append(proto.id)
         if ids and self.renderer.pictures:
@@ -264,8 +270,11 @@ class ReviewApp(BackgroundWork, App):
     def action_sort(self) -> None:
         self._act(self.state.cycle_sort)
 
-    def action_offer_reject(self, index: int | None = None) -> None:
-        self._act(self.state.offers.reject, index)
+    def action_offer_reject(self) -> None:
+        self._act(self.state.offers.reject)
+
+    def action_offer_spare(self, index: int) -> None:
+        self._act(self.state.offers.spare, index)
 
     def action_dismiss_offer(self) -> None:
         self._act(self.state.offers.dismiss)

@@ -43,8 +43,10 @@ class BackgroundWork:
         self.redraw()
 
     def _suspicion_failed(self, text: str) -> None:
+        if self.state.want_suspicion:  # said only to whoever asked for the order, and tried again then
+            self.state.message = text
         self.state.want_suspicion = False
-        self.state.message = text
+        self._suspicion_started = False
         self.redraw()
 
     def start_effect(self) -> None:

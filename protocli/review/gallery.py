@@ -28,7 +28,7 @@ from protocli.review.widgets import MARKS, make_picture
 PIC = (12, 6)            # picture of a card in cells: 12x12 half-block pixels, square on 1:2 cells
 LABEL_ROWS = 3
 CARD_W = 16              # border + 14 columns of text
-COLORS = {None: "grey50", "reject": "#e0524f", "accept": "#4fb05a"}
+COLORS = {None: "grey50", "reject": "#e0524f", "accept": "#4fb05a", "marked": "#b0403d", "spared": "grey50"}
 CURSOR = "#f0c040"
 ROUND, HEAVY = "╭─╮│╰╯", "┏━┓┃┗┛"
 
@@ -62,7 +62,10 @@ def card_lines(proto: Proto | None, verdict: str | None, by: str | None, cursor:
             pic = picture[y] if isinstance(picture, list) and y < len(picture) else Strip.blank(PIC[0], base)
             lines.append(Strip.join([Strip([side]), Strip.blank(pad, base), pic,
                                      Strip.blank(inner - pad - PIC[0], base), Strip([side])]))
-    mark = MARKS[verdict] + (" sim" if by == "simulated" else "")
+    if verdict in ("marked", "spared"):  # a card of the look-alike offer: `by` is its digit key
+        mark = f"{by} {MARKS[verdict]}"
+    else:
+        mark = MARKS[verdict] + (" sim" if by == "simulated" else "")
     label = [(f"#{proto.id}  w {proto.weight:+.2f}", base + Style(bold=True, reverse=cursor)),
              (mark, base + Style(color=COLORS[verdict], bold=cursor)),
              (proto.class_name, base + Style(dim=not cursor))]

@@ -24,7 +24,8 @@ from textual.widgets import Static
 
 from protocli.review.pictures import Renderer
 
-MARKS = {None: "· undecided", "reject": "✗ reject", "accept": "✓ accept"}
+MARKS = {None: "· undecided", "reject": "✗ reject", "accept": "✓ accept",
+         "marked": "✗ on R", "spared": "· spared"}  # the last two: cards of a look-alike offer
 
 
 @lru_cache(maxsize=8192)
@@ -117,9 +118,10 @@ HELP = """\
  F                   filter to the next class
  s                   sort: id, suspicion (background-like first), class, weight,
                      undecided first
- after a reject      its look-alikes are offered in a row below the gallery:
-   R                 reject every look-alike shown
-   1-8               reject the n-th look-alike shown
+ after a reject      its look-alikes are offered in a row below the gallery,
+                     each marked for rejection:
+   1-8               spare the n-th card (take its mark off; again to put it back)
+   R                 reject the marked cards (the spared ones leave the row)
    x, esc            dismiss the offer
  tab                 gallery <-> detail (full image, heatmap, nearest patches)
  ?                   this help
