@@ -99,13 +99,13 @@ def effect_check(run: Path, work: Path, criterion: str) -> dict:
             "load_s": round(load_s, 2)}
 
 
-def signal_table(run: Path, criterion: str, combos: list[tuple[str, ...]]) -> dict:
-    """Share of all prototypes looked at to find 90% of the non-object ones, per signal combination."""
+def push_truth(run: Path, criterion: str):
+    """The latest push of a run: its non-object flags, every suspicion signal, pushed vectors and
+    prototypes.json."""
     import torch
 
     from protocli import suspicion as su
     from protocli.cache import latents
-    from protocli.effort import walk
     from protocli.model import pushed_prototypes as pushed_vectors
     from protocli.run import Run
     from protocli.simulate import push_object_stats
@@ -118,35 +118,22 @@ def signal_table(run: Path, criterion: str, combos: list[tuple[str, ...]]) -> di
     md, arg = su.grid_min(z, v)
     pcls = torch.tensor([p["class"] for p in doc["prototypes"]])
     sig = su.signals(md, arg, y.long(), pcls, su.current_weight(r, push, v, pcls), tuple(doc["grid"]), doc, v)
-    flags = st[criterion].tolist()
+    return st[criterion].tolist(), sig, v, doc
+
+
+def signal_table(run: Path, criterion: str, combos: list[tuple[str, ...]]) -> dict:
+    """Share of all prototypes looked at to find 90% of the non-object ones, per signal combination."""
+    from protocli import suspicion as su
+    from protocli.effort import walk
+
+    flags, sig, v, _ = push_truth(run, criterion)
     n = int(sum(flags))
     out = {"ideal": round(-(-9 * n // 10) / len(v), 3) if n else None}  # the masks' own order: ceil(0.9 n)
     for combo in combos:
         order = list(range(len(v))) if combo == ("id",) else su.order(su.score(sig, combo))
-        w = walk(order, st[criterion].tolist())
+        w = walk(order, flags)
         out["+".join(combo)] = None if w["looked_90"] is None else round(w["looked_90"] / len(v), 3)
     return out
-
-
-def push_truth(run: Path, criterion: str):
-    """The latest push of a run: its flags, suspicion score, pushed vectors and prototypes.json."""
-    import torch
-
-    from protocli import suspicion as su
-    from protocli.cache import latents
-    from protocli.model import pushed_prototypes as pushed_vectors
-    from protocli.run import Run
-    from protocli.simulate import push_object_stats
-
-    r = Run.open(run)
-    cub, push = r.cub(), r.require_push()
-    st = push_object_stats(r, cub, push)
-    doc, v = st["doc"], pushed_vectors(push)
-    z, y = latents(r.load_model("cpu"), cub, "train", crop=r.crop, cache_dir=r.cache_dir, device=torch.device("cpu"))
-    md, arg = su.grid_min(z, v)
-    pcls = torch.tensor([p["class"] for p in doc["prototypes"]])
-    sig = su.signals(md, arg, y.long(), pcls, su.current_weight(r, push, v, pcls), tuple(doc["grid"]), doc, v)
-    return st[criterion].tolist(), su.score(sig), v, doc
 
 
 def offer_table(run: Path, criterion: str, radii, shares) -> dict:
@@ -157,7 +144,8 @@ def offer_table(run: Path, criterion: str, radii, shares) -> dict:
     from protocli import suspicion as su
     from protocli.effort import walk
 
-    flags, s, v, doc = push_truth(run, criterion)
+    flags, sig, v, doc = push_truth(run, criterion)
+    s = su.score(sig)
     order = su.order(s)
     vv = v.double().numpy()
     sq = (vv * vv).sum(1)
