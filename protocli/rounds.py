@@ -67,13 +67,14 @@ def consult(run, cub, user: str, criterion: str, ask=None, order: str = "id", lo
     vectors = pushed_prototypes(push_dir)
     doc = read_push_doc(push_dir)
     known = run.pushes()
-    before = atmod.load(run.antitypes_path, len(vectors), vectors.shape[1], known)
-    _, carried = simmod.carry_candidates(before, run, doc)
-    already = before.decided(push_dir.name) if before.push == push_dir.name else {}
+    # What the review will open with: the file's decisions on this push, or those carried onto it.
+    # A preview on a copy that is never saved; the review does the carry-over itself.
+    preview = atmod.load(run.antitypes_path, len(vectors), vectors.shape[1], known)
+    atmod.carry_onto(preview, run.path / "stages", doc, vectors.numpy())
+    old = preview.decided(push_dir.name)
     ask(run.path, order)  # blocks until the person is done
     after = atmod.load(run.antitypes_path, len(vectors), vectors.shape[1], known)
     now = after.decided(push_dir.name)
-    old = {**carried, **already}
     new = {j: v for j, v in now.items() if old.get(j) != v}
     return {
         "push": push_dir.name,
