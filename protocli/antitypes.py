@@ -301,7 +301,8 @@ def carry_over(antitypes: Antitypes, old_prototypes_json: dict, new_prototypes_j
     return len(_carry(antitypes, old_prototypes_json, new_prototypes_json, new_vectors, by))
 
 
-def _carry(antitypes: Antitypes, old_doc: dict, new_doc: dict, new_vectors: Any, by: str | None) -> dict[int, str]:
+def _carry(antitypes: Antitypes, old_doc: dict, new_doc: dict, new_vectors: Any,
+           by: str | None) -> dict[int, str]:
     """`carry_over`, returning {prototype: verdict} of the decisions carried."""
     old_push, new_push = old_doc["push"], new_doc["push"]
     if antitypes.push is not None and push_key(antitypes.push) >= push_key(new_push):

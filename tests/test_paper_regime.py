@@ -74,7 +74,7 @@ def test_a_revision_push_in_a_job_is_not_sharded(monkeypatch):
     q = z[0, :, 0, :2].T.contiguous()
     alone = nearest_patches(model, z, y, torch.device("cpu"), avoid=q)
     in_job = nearest_patches(model, z, y, torch.device("cpu"), avoid=q, dist=job)
-    assert all(torch.equal(a, b) for a, b in zip(alone, in_job))
+    assert all(torch.equal(a, b) for a, b in zip(alone, in_job, strict=True))
     nearest_patches(model, z, y, torch.device("cpu"), distinct=True, dist=job)
     with pytest.raises(AssertionError, match="sharded"):
         nearest_patches(model, z, y, torch.device("cpu"), dist=job)
