@@ -183,17 +183,19 @@ class _Table:
     """RUN/rounds.json as it grows: a row per round, the file rewritten atomically after each."""
 
     def __init__(self, run, cub, criterion: str, model, splits: tuple, device, doc: dict):
-        self.run, self.cub, self.criterion, self.model, self.splits, self.device = run, cub, criterion, model, splits, device
+        self.run, self.cub, self.criterion, self.model = run, cub, criterion, model
+        self.splits, self.device = splits, device
         self.doc, self.path = doc, run.path / "rounds.json"
 
-    def add(self, r: int, consulted: dict | None, t0: float, before_ft=None, after_ft=None, train_acc=None) -> None:
-        """Round r's row (timed from t0), then the file. Without the fine-tune's accuracies (round 0, or a
-        round that found nothing to revise) the "after" columns describe the model as it is."""
-        if after_ft is None:
+    def add(self, r: int, consulted: dict | None, t0: float, fine_tune: tuple | None = None) -> None:
+        """Round r's row (timed from t0), then the file. `fine_tune`: the revision's test accuracy before
+        and after the last-layer fine-tune and its train accuracy; without one (round 0, or a round that
+        found nothing to revise) the "after" columns describe the model as it is."""
+        if fine_tune is None:
             ztr, ytr, zte, yte = self.splits
-            after_ft, train_acc = accuracies_on_cache(self.model, (zte, yte), (ztr, ytr), self.device)
+            fine_tune = (None, *accuracies_on_cache(self.model, (zte, yte), (ztr, ytr), self.device))
         counts = object_counts(self.run, self.cub, self.criterion, self.model)
-        self.doc["rounds"].append(_row(r, consulted, before_ft, after_ft, train_acc, counts, time.perf_counter() - t0))
+        self.doc["rounds"].append(_row(r, consulted, *fine_tune, counts, time.perf_counter() - t0))
         self.save()
 
     def save(self) -> None:
@@ -293,7 +295,7 @@ def rounds_run(
             break
         q = antitype_matrix(run, None, model.num_prototypes, model.cfg.proto_dim)
         res = revise_model(run, model, cub, q, cfg, device, generator, splits=splits)
-        table.add(r, c, t0, res["accuracy_pushed"], res["accuracy_after"], res["train_accuracy"])
+        table.add(r, c, t0, (res["accuracy_pushed"], res["accuracy_after"], res["train_accuracy"]))
 
     if final_mask:
         if doc["status"] != "converged":  # the last consult came before a revision: ask about its push
