@@ -39,6 +39,7 @@ import numpy as np
 
 from protocli.errors import BadInput
 from protocli.files import atomic_write_text, now_iso, read_json
+from protocli.runfiles import read_push_doc
 
 VERSION = 1
 VERDICTS = ("reject", "accept")
@@ -297,12 +298,18 @@ def carry_over(antitypes: Antitypes, old_prototypes_json: dict, new_prototypes_j
     new push it does nothing (a decision the user undid there must not come back). Returns the
     number of decisions carried.
     """
-    old_push, new_push = old_prototypes_json["push"], new_prototypes_json["push"]
+    return len(_carry(antitypes, old_prototypes_json, new_prototypes_json, new_vectors, by))
+
+
+def _carry(antitypes: Antitypes, old_doc: dict, new_doc: dict, new_vectors: Any,
+           by: str | None) -> dict[int, str]:
+    """`carry_over`, returning {prototype: verdict} of the decisions carried."""
+    old_push, new_push = old_doc["push"], new_doc["push"]
     if antitypes.push is not None and push_key(antitypes.push) >= push_key(new_push):
-        return 0
-    old_by_id = {p["prototype"]: p for p in old_prototypes_json["prototypes"]}
-    carried = 0
-    for p in new_prototypes_json["prototypes"]:
+        return {}
+    old_by_id = {p["prototype"]: p for p in old_doc["prototypes"]}
+    carried: dict[int, str] = {}
+    for p in new_doc["prototypes"]:
         j = p["prototype"]
         d = antitypes.get(j, old_push)
         o = old_by_id.get(j)
@@ -315,6 +322,29 @@ def carry_over(antitypes: Antitypes, old_prototypes_json: dict, new_prototypes_j
                 continue
         antitypes.decide(j, d["verdict"], by or d["by"], new_push, vector=vector, cls=p["class"],
                          image=p["image"], box=p["box"])
-        carried += 1
+        carried[j] = d["verdict"]
     antitypes.push = new_push
     return carried
+
+
+def carry_onto(antitypes: Antitypes, stages_dir: Path, new_doc: dict, new_vectors: Any) -> dict[int, str]:
+    """Move the decisions file onto push `new_doc` (its prototypes.json), carrying over the decisions
+    of the file's current push (`carry_over`; its push document read from `stages_dir`) -> {prototype:
+    verdict} of the decisions carried. The one place that review, simulate and rounds carry over.
+
+    - the file has no push yet (no decisions): nothing to carry; the new push becomes current;
+    - the file is already on this push or a newer one: nothing changes (a decision undone on the
+      new push must not come back; an older push is not current again);
+    - the old push's folder is gone: its patches are unknown, so nothing is carried, and the new
+      push becomes current (its decisions stay in the file, closed). A damaged prototypes.json
+      there is BadInput, as everywhere.
+    `new_vectors` (P, D): the new push's prototype vectors, the vectors a carried reject adds to Q.
+    """
+    new_push = new_doc["push"]
+    if antitypes.push is not None and push_key(antitypes.push) >= push_key(new_push):
+        return {}
+    old_dir = Path(stages_dir) / antitypes.push if antitypes.push is not None else None
+    if old_dir is None or not old_dir.is_dir():
+        antitypes.push = new_push
+        return {}
+    return _carry(antitypes, read_push_doc(old_dir), new_doc, new_vectors, None)

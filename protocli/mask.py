@@ -80,50 +80,51 @@ def mask_model(
     # Min distances do not depend on the mask or the last layer: computed once for all three accuracies.
     md_tr, md_te = min_distances(model, ztr, device), min_distances(model, zte, device)
 
-    def accs() -> tuple[float, float]:
-        return accuracy_from_min_d(model, md_te, yte), accuracy_from_min_d(model, md_tr, ytr)
+    def accuracies(when: str) -> dict:  # test and train accuracy of the model as it is now
+        return {f"accuracy_{when}": accuracy_from_min_d(model, md_te, yte),
+                f"train_accuracy_{when}": accuracy_from_min_d(model, md_tr, ytr)}
 
-    before, train_before = accs()
+    acc = accuracies("before")
     _mask(model, rejected)
-    masked, train_masked = accs()
-    with run.stage(kind) as st:
-        rec = {"test_accuracy": masked, "train_accuracy": train_masked}
-        if last_epochs > 0:
-            rec = train_last_layer(model, md_tr, ytr, epochs=last_epochs, lr=lr_last, l1=l1, batch_size=batch_size,
-                                   generator=generator, test=(md_te, yte), log=st.dir / "metrics.jsonl",
-                                   desc="last layer (masked)")
-        st.save_model(model)
-        active = int((model.prototype_mask > 0).sum())
-        st.info.update(
-            **(stage_info or {}),
-            masked=len(rejected),
-            active_prototypes=active,
-            accuracy_before=before,
-            accuracy_masked=masked,
-            accuracy_after=rec["test_accuracy"],
-        )
-        stage_id = st.id
-    after, train_after = accs()
+    acc |= accuracies("masked")
+    stage_info = {**(stage_info or {}), "masked": len(rejected), "accuracy_before": acc["accuracy_before"],
+                  "accuracy_masked": acc["accuracy_masked"]}
+    stage_id = _refit_stage(run, model, kind, (md_tr, ytr, md_te, yte), stage_info, last_epochs=last_epochs,
+                            lr_last=lr_last, l1=l1, batch_size=batch_size, generator=generator)
+    acc |= accuracies("after")
     info(
-        f"masking: {len(rejected)} prototypes masked; test accuracy {before:.3f} -> {masked:.3f} "
-        f"-> {after:.3f} after {last_epochs} last-layer epochs"
+        f"masking: {len(rejected)} prototypes masked; test accuracy {acc['accuracy_before']:.3f} -> "
+        f"{acc['accuracy_masked']:.3f} -> {acc['accuracy_after']:.3f} after {last_epochs} last-layer epochs"
     )
     return {
         "run": str(run.path),
         "stage": stage_id,
         "masked": len(rejected),
         "masked_prototypes": list(rejected),
-        "active_prototypes": active,
+        "active_prototypes": int((model.prototype_mask > 0).sum()),
         "prototypes": model.num_prototypes,
-        "accuracy_before": before,
-        "accuracy_masked": masked,
-        "accuracy_after": after,
-        "train_accuracy_before": train_before,
-        "train_accuracy_masked": train_masked,
-        "train_accuracy_after": train_after,
+        **acc,
         "last_epochs": last_epochs,
         "seconds": round(time.perf_counter() - t0, 2),
     }
+
+
+def _refit_stage(run, model, kind: str, md: tuple, stage_info: dict, *, last_epochs: int, lr_last: float,
+                 l1: float, batch_size: int, generator: torch.Generator) -> str:
+    """Fine-tune the last layer of the masked model (none with `last_epochs` 0) on the min distances `md`
+    = (train, train labels, test, test labels) and commit it as a `kind` stage -> the stage id.
+    The manifest gets `stage_info`, the active prototypes and the test accuracy after the fine-tune."""
+    md_tr, ytr, md_te, yte = md
+    with run.stage(kind) as st:
+        acc = None
+        if last_epochs > 0:
+            acc = train_last_layer(model, md_tr, ytr, epochs=last_epochs, lr=lr_last, l1=l1, batch_size=batch_size,
+                                   generator=generator, test=(md_te, yte), log=st.dir / "metrics.jsonl",
+                                   desc="last layer (masked)")["test_accuracy"]
+        st.save_model(model)
+        st.info.update(**stage_info, active_prototypes=int((model.prototype_mask > 0).sum()),
+                       accuracy_after=stage_info["accuracy_masked"] if acc is None else acc)
+        return st.id
 
 
 def check_refit(last_epochs: int, lr_last: float, device, generator):

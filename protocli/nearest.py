@@ -39,10 +39,6 @@ def nearest_patches(model, z: torch.Tensor, y: torch.Tensor, device, batch_size:
     in the original code. With `dist` (a job of several processes) a plain search (no `avoid`, not
     `distinct`: the training push) shards the images: see `nearest_patches_sharded`.
     """
-    if dist is not None and dist.on:
-        return nearest_patches_sharded(model, z, y, device, dist, batch_size)
-    P = model.num_prototypes
-    pcls = model.prototype_class.to(device)
     if dist is not None and dist.on and avoid is None and not distinct:
         return nearest_patches_sharded(model, z, y, device, dist, batch_size)
     P = model.num_prototypes
@@ -56,7 +52,6 @@ def nearest_patches(model, z: torch.Tensor, y: torch.Tensor, device, batch_size:
     k = pool if distinct else 1
     cand_d = torch.full((P, 0), float("inf"), device=device)
     cand_key = torch.zeros((P, 0), dtype=torch.long, device=device)
-    ar = torch.arange(P, device=device)
     HW = 1
     with torch.no_grad():
         for i in range(0, len(z), batch_size):
@@ -67,33 +62,52 @@ def nearest_patches(model, z: torch.Tensor, y: torch.Tensor, device, batch_size:
             all_min[i:i + len(zb)] = mind.cpu()
             all_arg[i:i + len(zb)] = arg.cpu()
             if q is not None:
-                cells = zb.flatten(2).transpose(1, 2)  # (B, HW, D)
-                dq = torch.cdist(cells, q[None].expand(len(zb), -1, -1)).square().amin(dim=2)  # (B, HW)
-                ok = d < dq[:, None, :]
-                if a is not None:
-                    da = torch.cdist(cells, a[None].expand(len(zb), -1, -1)).square().amin(dim=2)
-                    ok |= (da < margin * dq)[:, None, :]
-                d = torch.where(ok, d, torch.inf)
+                d = torch.where(_off_antitypes(d, zb, q, a, margin), d, torch.inf)
             d = torch.where((yb[:, None] == pcls[None, :])[:, :, None], d, torch.inf)
-            # Candidates of this batch; key = global image * HW + cell. min returns the first minimum,
-            # so k = 1 keeps the first cell, then the first image, on ties.
-            if k == 1:
-                m, c = d.min(dim=2)  # (B, P)
-                bd, bi = m.min(dim=0)  # (P,)
-                bd, bk = bd[:, None], (bi * HW + c[bi, ar] + i * HW)[:, None]
-            else:
-                flat = d.permute(1, 0, 2).reshape(P, -1)  # (P, B*HW), image-major
-                bd, bk = torch.topk(flat, min(k, flat.shape[1]), dim=1, largest=False, sorted=True)
-                bk = bk + i * HW
-            # Running pool ordered by (distance, key): earlier images win ties.
-            md, mk = torch.cat([cand_d, bd], 1), torch.cat([cand_key, bk], 1)
-            o = torch.argsort(mk, dim=1)
-            md, mk = md.gather(1, o), mk.gather(1, o)
-            o = torch.argsort(md, dim=1, stable=True)
-            cand_d, cand_key = md.gather(1, o)[:, :k].contiguous(), mk.gather(1, o)[:, :k].contiguous()
+            bd, bk = _batch_candidates(d, k)
+            cand_d, cand_key = _keep_nearest(cand_d, cand_key, bd, bk + i * HW, k)
+    ar = torch.arange(P, device=device)
     choice = distinct_choice(cand_d, cand_key) if distinct else torch.zeros(P, dtype=torch.long, device=device)
     best_d, key = cand_d[ar, choice], cand_key[ar, choice]
     return best_d.cpu(), (key // HW).cpu(), (key % HW).cpu(), all_min, all_arg
+
+
+def _off_antitypes(d: torch.Tensor, zb: torch.Tensor, q: torch.Tensor, a: torch.Tensor | None,
+                   margin: float) -> torch.Tensor:
+    """The antitype rule of `nearest_patches` on one batch: (B, P, HW) bool, True where a cell may
+    be prototype j's patch (nearer to p_j than to every antitype, or clearly nearer to an accepted
+    vector than to any antitype)."""
+    cells = zb.flatten(2).transpose(1, 2)  # (B, HW, D)
+    dq = torch.cdist(cells, q[None].expand(len(zb), -1, -1)).square().amin(dim=2)  # (B, HW)
+    ok = d < dq[:, None, :]
+    if a is not None:
+        da = torch.cdist(cells, a[None].expand(len(zb), -1, -1)).square().amin(dim=2)
+        ok |= (da < margin * dq)[:, None, :]
+    return ok
+
+
+def _batch_candidates(d: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each prototype's k nearest allowed cells of one batch (B, P, HW): distances and keys (P, k),
+    key = image in the batch * HW + cell. min returns the first minimum, so k = 1 keeps the first
+    cell, then the first image, on ties."""
+    B, P, HW = d.shape
+    if k == 1:
+        m, c = d.min(dim=2)  # (B, P)
+        bd, bi = m.min(dim=0)  # (P,)
+        return bd[:, None], (bi * HW + c[bi, torch.arange(P, device=d.device)])[:, None]
+    flat = d.permute(1, 0, 2).reshape(P, -1)  # (P, B*HW), image-major
+    return torch.topk(flat, min(k, flat.shape[1]), dim=1, largest=False, sorted=True)
+
+
+def _keep_nearest(cand_d: torch.Tensor, cand_key: torch.Tensor, bd: torch.Tensor, bk: torch.Tensor,
+                  k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The running pool (P, k) of each prototype's nearest candidates, merged with a batch's, ordered
+    by (distance, key): earlier images win ties."""
+    md, mk = torch.cat([cand_d, bd], 1), torch.cat([cand_key, bk], 1)
+    o = torch.argsort(mk, dim=1)
+    md, mk = md.gather(1, o), mk.gather(1, o)
+    o = torch.argsort(md, dim=1, stable=True)
+    return md.gather(1, o)[:, :k].contiguous(), mk.gather(1, o)[:, :k].contiguous()
 
 
 def distinct_choice(cand_d: torch.Tensor, cand_key: torch.Tensor) -> torch.Tensor:

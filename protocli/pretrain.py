@@ -53,6 +53,39 @@ def _accuracy(model, loader, device, amp: bool) -> float:
     return correct / max(seen, 1)
 
 
+def _epoch(model, train: DataLoader, opt, sched, device, amp: bool, advance, desc: str) -> dict:
+    """One pass of cross-entropy training over `train` (the schedule steps per batch) -> mean loss, accuracy."""
+    model.train()
+    correct = seen = 0
+    total = 0.0
+    for x, y, _ in train:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast(device, amp):
+            logits = model(x)
+        loss = nn.functional.cross_entropy(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        total += loss.item() * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+        advance(len(y), info=f"{desc} loss {total / seen:.3f} acc {correct / seen:.3f}")
+    return {"loss": total / seen, "train_accuracy": correct / seen}
+
+
+def _check_options(out: Path, epochs: int, batch_size: int, img_size: int, lr: float) -> Path:
+    for name, v in (("epochs", epochs), ("batch-size", batch_size), ("img-size", img_size)):
+        if v < 1:
+            raise BadInput(f"--{name} {v}: must be at least 1")
+    if not lr > 0:
+        raise BadInput(f"--lr {lr}: must be positive")
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise BadInput("the weights file must end in .safetensors", out)
+    return out
+
+
 def pretrain(data: Path, out: Path, *, backbone: str = "tiny", img_size: int = 96, epochs: int = 16,
              batch_size: int = 64, lr: float = 1e-2, weight_decay: float = 1e-4, crop: bool = True,
              device=None, generator: torch.Generator | None = None, workers: int | None = None,
@@ -64,14 +97,7 @@ def pretrain(data: Path, out: Path, *, backbone: str = "tiny", img_size: int = 9
     from protocli.data.cub import ImageSet, open_cub
     from protocli.data.transforms import eval_transform, train_transform
 
-    for name, v in (("epochs", epochs), ("batch-size", batch_size), ("img-size", img_size)):
-        if v < 1:
-            raise BadInput(f"--{name} {v}: must be at least 1")
-    if not lr > 0:
-        raise BadInput(f"--lr {lr}: must be positive")
-    out = Path(out)
-    if out.suffix != ".safetensors":
-        raise BadInput("the weights file must end in .safetensors", out)
+    out = _check_options(out, epochs, batch_size, img_size, lr)
     t0 = time.perf_counter()
     device = device or torch.device("cpu")
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
@@ -92,23 +118,8 @@ def pretrain(data: Path, out: Path, *, backbone: str = "tiny", img_size: int = 9
     history = []
     with progress_bar("pretrain", epochs * len(train.dataset)) as advance:
         for epoch in range(epochs):
-            model.train()
-            correct = seen = 0
-            total = 0.0
-            for x, y, _ in train:
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with autocast(device, amp):
-                    logits = model(x)
-                loss = nn.functional.cross_entropy(logits.float(), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                total += loss.item() * len(y)
-                correct += int((logits.argmax(1) == y).sum())
-                seen += len(y)
-                advance(len(y), info=f"epoch {epoch + 1} loss {total / seen:.3f} acc {correct / seen:.3f}")
-            history.append({"epoch": epoch, "loss": total / seen, "train_accuracy": correct / seen})
+            rec = _epoch(model, train, opt, sched, device, amp, advance, f"epoch {epoch + 1}")
+            history.append({"epoch": epoch, **rec})
     held_acc = _accuracy(model, test, device, amp) if test is not None else None
     state = export_state(model.features)
     meta = {"protocli": "pretrain", "backbone": backbone, "img_size": str(img_size), "data": str(Path(data).resolve()),

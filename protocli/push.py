@@ -57,6 +57,45 @@ def duplicate_of(key: torch.Tensor) -> torch.Tensor:
     return first[inverse]
 
 
+def _project(model, z: torch.Tensor, best_img: torch.Tensor, best_cell: torch.Tensor,
+             found: torch.Tensor) -> torch.Tensor:
+    """Replace every prototype that found a patch by that patch's cached latent vector (the projection);
+    returns the vectors before (P, D), on the CPU."""
+    W = z.shape[3]
+    new = z[best_img, :, best_cell // W, best_cell % W].float()  # (P, D) the cached latent vectors themselves
+    with torch.no_grad():
+        old = model.prototypes.detach().cpu().clone()
+        model.prototypes.copy_(torch.where(found[:, None], new, old).to(model.prototypes.device))
+    return old
+
+
+def _records(model, cub, y, best, boxes, dup_of, nearest, grid, size: int) -> list[dict]:
+    """The prototypes.json record of every prototype: where it was pushed (`best` = distance, image,
+    flat cell, found), its box, weight, duplicate, and its `nearest` = (distance, image, cell) (k, P)."""
+    best_d, best_img, best_cell, found = best
+    near_d, near_i, near_cell = nearest
+    H, W = grid
+    train_items = cub.split("train")
+    weights = model.last_layer.weight.detach().cpu()
+    pcls = model.prototype_class.cpu()
+    protos = []
+    for j in range(model.num_prototypes):  # bookkeeping only: the numeric work is batched before
+        c, img = int(pcls[j]), int(best_img[j])
+        protos.append({
+            "prototype": j, "class": c, "class_name": cub.classes[c], "image": train_items[img].name,
+            "image_index": img, "cell": [int(best_cell[j]) // W, int(best_cell[j]) % W],
+            "projection_distance": float(best_d[j]) if bool(found[j]) else None,  # none found: JSON has no inf
+            "box": [int(v) for v in boxes[j]], "weight": float(weights[c, j]),
+            "duplicate_of": int(dup_of[j]) if int(dup_of[j]) != j else None,
+            "nearest": [{"image": train_items[int(near_i[r, j])].name, "image_index": int(near_i[r, j]),
+                         "class": int(y[near_i[r, j]]), "distance": float(near_d[r, j]),
+                         "cell": [int(near_cell[r, j]) // W, int(near_cell[r, j]) % W],
+                         "box": cell_box(int(near_cell[r, j]) // W, int(near_cell[r, j]) % W, (H, W), size)}
+                        for r in range(len(near_d))],
+        })
+    return protos
+
+
 BOX_MAPS = ("before", "after")
 
 
@@ -86,37 +125,13 @@ def push_model(run, model, cub, z: torch.Tensor, y: torch.Tensor, device, k: int
         missing = sorted({int(c) for c in model.prototype_class[~found]})
         why = "no training image, or none off the antitypes," if avoid is not None else "no training image"
         warn(f"{int((~found).sum())} prototypes of classes {missing[:10]} found {why}: they keep their vectors")
-    h, w = best_cell // W, best_cell % W
-    new = z[best_img, :, h, w].float()  # (P, D) the cached latent vectors themselves
-    with torch.no_grad():
-        old = model.prototypes.detach().cpu().clone()
-        model.prototypes.copy_(torch.where(found[:, None], new, old).to(model.prototypes.device))
+    old = _project(model, z, best_img, best_cell, found)
     maps = similarity_maps(model, z[best_img], old if box_map == "before" else model.prototypes.detach().cpu())
-    boxes = high_activation_boxes(maps, size)
-
     dup_of = duplicate_of(best_img * (H * W) + best_cell)
-
     kk = min(k, len(z))
-    near_d, near_i, near_cell = k_nearest_patches(model, z, kk, device, own=(best_img, best_cell, found))
-
-    train_items = cub.split("train")
-    weights = model.last_layer.weight.detach().cpu()
-    pcls = model.prototype_class.cpu()
-    protos = []
-    for j in range(model.num_prototypes):  # bookkeeping only: the numeric work above is batched
-        c, img = int(pcls[j]), int(best_img[j])
-        protos.append({
-            "prototype": j, "class": c, "class_name": cub.classes[c], "image": train_items[img].name,
-            "image_index": img, "cell": [int(h[j]), int(w[j])],
-            "projection_distance": float(best_d[j]) if bool(found[j]) else None,  # none found: JSON has no inf
-            "box": [int(v) for v in boxes[j]], "weight": float(weights[c, j]),
-            "duplicate_of": int(dup_of[j]) if int(dup_of[j]) != j else None,
-            "nearest": [{"image": train_items[int(near_i[r, j])].name, "image_index": int(near_i[r, j]),
-                         "class": int(y[near_i[r, j]]), "distance": float(near_d[r, j]),
-                         "cell": [int(near_cell[r, j]) // W, int(near_cell[r, j]) % W],
-                         "box": cell_box(int(near_cell[r, j]) // W, int(near_cell[r, j]) % W, (H, W), size)}
-                        for r in range(kk)],
-        })
+    nearest = k_nearest_patches(model, z, kk, device, own=(best_img, best_cell, found))
+    protos = _records(model, cub, y, (best_d, best_img, best_cell, found), high_activation_boxes(maps, size),
+                      dup_of, nearest, (H, W), size)
     unique = int((dup_of == torch.arange(len(dup_of))).sum())
     n_pics = 0
     with distributed.stage(run, "push", dist) as st:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -67,13 +68,14 @@ def consult(run, cub, user: str, criterion: str, ask=None, order: str = "id", lo
     vectors = pushed_prototypes(push_dir)
     doc = read_push_doc(push_dir)
     known = run.pushes()
-    before = atmod.load(run.antitypes_path, len(vectors), vectors.shape[1], known)
-    _, carried = simmod.carry_candidates(before, run, doc)
-    already = before.decided(push_dir.name) if before.push == push_dir.name else {}
+    # What the review will open with: the file's decisions on this push, or those carried onto it.
+    # A preview on a copy that is never saved; the review does the carry-over itself.
+    preview = atmod.load(run.antitypes_path, len(vectors), vectors.shape[1], known)
+    atmod.carry_onto(preview, run.path / "stages", doc, vectors.numpy())
+    old = preview.decided(push_dir.name)
     ask(run.path, order)  # blocks until the person is done
     after = atmod.load(run.antitypes_path, len(vectors), vectors.shape[1], known)
     now = after.decided(push_dir.name)
-    old = {**carried, **already}
     new = {j: v for j, v in now.items() if old.get(j) != v}
     return {
         "push": push_dir.name,
@@ -124,7 +126,8 @@ def _row(
     }
 
 
-def _check_args(user: str, ask, criterion: str, n_rounds: int) -> None:
+def _check_args(user: str, ask, criterion: str, n_rounds: int, cfg, epochs: int) -> ReviseConfig:
+    """Every argument checked (BadInput) before any work -> the revision config, with `epochs`."""
     if user not in USERS:
         raise BadInput(f"--user {user}: expected simulated or tui")
     if user == "tui" and ask is None:
@@ -133,10 +136,15 @@ def _check_args(user: str, ask, criterion: str, n_rounds: int) -> None:
         raise BadInput(f"--criterion {criterion}: expected box or cell")
     if n_rounds < 1:
         raise BadInput(f"--rounds {n_rounds}: must be at least 1")
+    cfg = replace(cfg or ReviseConfig(), epochs=epochs)
+    cfg.check()
+    return cfg
 
 
-def _open_run(run_dir: Path, user: str, out: Path | None):
-    """The run (forked to `out` when given), its data, and the source folder's path."""
+def _open_run(run_dir: Path, user: str, out: Path | None, device):
+    """The run (forked to `out` when given), its data, the source folder's path, the model and its
+    cached latents (train, train labels, test, test labels)."""
+    from protocli.cache import run_latents
     from protocli.run import Run
 
     run = Run.open(run_dir)
@@ -150,7 +158,9 @@ def _open_run(run_dir: Path, user: str, out: Path | None):
     source = str(run.path)
     if out is not None:
         run = run.fork(out)
-    return run, cub, source
+    model = run.load_model(device)
+    splits = run_latents(run, model, cub, device)  # loaded once: the encoder stays frozen in every round
+    return run, cub, source, model, splits
 
 
 def _new_doc(run, user: str, criterion: str, cfg, source: str | None) -> dict:
@@ -167,6 +177,29 @@ def _new_doc(run, user: str, criterion: str, cfg, source: str | None) -> dict:
     if source is not None:
         doc["forked_from"] = source
     return doc
+
+
+class _Table:
+    """RUN/rounds.json as it grows: a row per round, the file rewritten atomically after each."""
+
+    def __init__(self, run, cub, criterion: str, model, splits: tuple, device, doc: dict):
+        self.run, self.cub, self.criterion, self.model = run, cub, criterion, model
+        self.splits, self.device = splits, device
+        self.doc, self.path = doc, run.path / "rounds.json"
+
+    def add(self, r: int, consulted: dict | None, t0: float, fine_tune: tuple | None = None) -> None:
+        """Round r's row (timed from t0), then the file. `fine_tune`: the revision's test accuracy before
+        and after the last-layer fine-tune and its train accuracy; without one (round 0, or a round that
+        found nothing to revise) the "after" columns describe the model as it is."""
+        if fine_tune is None:
+            ztr, ytr, zte, yte = self.splits
+            fine_tune = (None, *accuracies_on_cache(self.model, (zte, yte), (ztr, ytr), self.device))
+        counts = object_counts(self.run, self.cub, self.criterion, self.model)
+        self.doc["rounds"].append(_row(r, consulted, *fine_tune, counts, time.perf_counter() - t0))
+        self.save()
+
+    def save(self) -> None:
+        atomic_write_json(self.path, self.doc)
 
 
 def _final_mask(run, model, cub, cfg, criterion: str, final_last_epochs, device, generator, splits) -> dict:
@@ -236,61 +269,42 @@ def rounds_run(
     `order` and `look_alikes` go to the user: the TUI's first order, the simulated user's walk.
     `ask(run_dir, order)`: with user "tui", how the person is asked (chosen at the edge: the CLI
     passes the review TUI, a script anything that writes decisions and returns)."""
-    from protocli.cache import run_latents
-
-    _check_args(user, ask, criterion, n_rounds)
-    cfg = replace(cfg or ReviseConfig(), epochs=epochs)
-    cfg.check()
+    cfg = _check_args(user, ask, criterion, n_rounds, cfg, epochs)
     device = device or torch.device("cpu")
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     t_all = time.perf_counter()
-    run, cub, source = _open_run(run_dir, user, out)
-    model = run.load_model(device)
-    splits = run_latents(run, model, cub, device)  # loaded once: the encoder stays frozen in every round
-    ztr, ytr, zte, yte = splits
-
-    def accuracies() -> tuple[float, float]:
-        return accuracies_on_cache(model, (zte, yte), (ztr, ytr), device)
-
-    def add_row(r, c, before_ft, after_ft, train_acc, t0) -> None:
-        counts = object_counts(run, cub, criterion, model)
-        doc["rounds"].append(_row(r, c, before_ft, after_ft, train_acc, counts, time.perf_counter() - t0))
-
-    doc = _new_doc(run, user, criterion, cfg, source if out is not None else None)
-    table = run.path / "rounds.json"
+    run, cub, source, model, splits = _open_run(run_dir, user, out, device)
+    ask_user = partial(consult, run, cub, user, criterion, ask, order, look_alikes)
+    table = _Table(run, cub, criterion, model, splits, device,
+                   _new_doc(run, user, criterion, cfg, source if out is not None else None))
+    doc = table.doc
     t0 = time.perf_counter()
-    ensure_push(run, model, cub, ztr, ytr, device, cfg.box_map)
-    add_row(0, None, None, *accuracies(), t0)
-    atomic_write_json(table, doc)
-    consulted_last = False
+    ensure_push(run, model, cub, splits[0], splits[1], device, cfg.box_map)
+    table.add(0, None, t0)
     for r in range(1, n_rounds + 1):
         t0 = time.perf_counter()
-        ensure_push(run, model, cub, ztr, ytr, device, cfg.box_map)
-        c = consult(run, cub, user, criterion, ask, order, look_alikes)
-        consulted_last = True
+        ensure_push(run, model, cub, splits[0], splits[1], device, cfg.box_map)
+        c = ask_user()
         info(
             f"round {r}: {c['non_object']} non-object prototypes on {c['push']} ({c['clicks']} new), "
             f"{c['antitypes']} antitypes"
         )
         if c["non_object"] == 0:
-            add_row(r, c, None, *accuracies(), t0)
             doc["status"] = "converged"
-            atomic_write_json(table, doc)
+            table.add(r, c, t0)
             break
         q = antitype_matrix(run, None, model.num_prototypes, model.cfg.proto_dim)
         res = revise_model(run, model, cub, q, cfg, device, generator, splits=splits)
-        consulted_last = False
-        add_row(r, c, res["accuracy_pushed"], res["accuracy_after"], res["train_accuracy"], t0)
-        atomic_write_json(table, doc)
+        table.add(r, c, t0, (res["accuracy_pushed"], res["accuracy_after"], res["train_accuracy"]))
 
     if final_mask:
-        if not consulted_last:
-            doc["final_consult"] = consult(run, cub, user, criterion, ask, order, look_alikes)
+        if doc["status"] != "converged":  # the last consult came before a revision: ask about its push
+            doc["final_consult"] = ask_user()
         doc["final_mask"] = _final_mask(run, model, cub, cfg, criterion, final_last_epochs, device, generator,
                                         splits)
     doc["summary"] = _summary(doc, model.num_prototypes, time.perf_counter() - t_all)
     if doc["status"] == "running":
         doc["status"] = "done"
-    atomic_write_json(table, doc)
-    doc["table"] = str(table)
+    table.save()
+    doc["table"] = str(table.path)
     return doc

@@ -9,7 +9,7 @@ It rejects the non-object prototypes of the latest push, accepts the rest, and r
 with the pushed vector (the push stage's weights), so the vector joins the antitype set Q.
 
 Decisions of an earlier push are first carried over where a prototype still sits on the same patch
-(`antitypes.carry_over`); those are not new decisions and do not count as clicks. A click is a new
+(`antitypes.carry_onto`); those are not new decisions and do not count as clicks. A click is a new
 reject: a person presses a key to reject and leaves the good prototypes alone, which is how the
 paper's "about 350 clicks" (for about 200 + 77 + ... rejects) add up. `decisions` counts every new
 verdict, accepts included.
@@ -69,23 +69,6 @@ def summarize(stats: dict, active: torch.Tensor | None = None) -> dict:
         "overlap_ge_75": int((ov >= 0.75).sum()),
         "mean_overlap": round(float(ov.mean()), 4) if len(ov) else 0.0,
     }
-
-
-def carry_candidates(ants: atmod.Antitypes, run, doc: dict) -> tuple[dict | None, dict[int, str]]:
-    """Which decisions `carry_over` would copy onto push `doc`: (old push document, {prototype: verdict})."""
-    if ants.push is None or ants.push == doc["push"]:
-        return None, {}
-    if ants.push not in run.pushes():
-        return None, {}
-    old = read_push_doc(run.path / "stages" / ants.push)
-    before = {p["prototype"]: (p["image"], list(p["cell"])) for p in old["prototypes"]}
-    verdicts = ants.decided(ants.push)
-    same = {
-        p["prototype"]
-        for p in doc["prototypes"]
-        if before.get(p["prototype"]) == (p["image"], list(p["cell"]))
-    }
-    return old, {j: v for j, v in verdicts.items() if j in same}
 
 
 def review_walk(run, push_dir: Path, vectors: torch.Tensor, flags: torch.Tensor, decided: set[int],
@@ -156,9 +139,7 @@ def simulate(run, criterion: str = "box", antitypes: Path | None = None, cub=Non
             f"antitypes file is on push {ants.push}, newer than the run's latest push {push}", path
         )
 
-    old, eligible = carry_candidates(ants, run, doc)
-    carried = atmod.carry_over(ants, old, doc, new_vectors=vectors.numpy()) if old is not None else 0
-    ants.push = push
+    carried = atmod.carry_onto(ants, run.path / "stages", doc, vectors.numpy())
     q_before = len(ants.antitypes)
     flags = stats[criterion]
     current = ants.decided(push)
@@ -176,8 +157,8 @@ def simulate(run, criterion: str = "box", antitypes: Path | None = None, cub=Non
         "rejected": len(rejected),
         "accepted": len(ants.accepted(push)),
         **summarize(stats),
-        "carried_over": carried,
-        "carried_rejects": sum(v == "reject" for v in eligible.values()),
+        "carried_over": len(carried),
+        "carried_rejects": sum(v == "reject" for v in carried.values()),
         "decisions": new_rejects + new_accepts,
         "clicks": new_rejects,
         "antitypes": len(ants.antitypes),

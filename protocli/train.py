@@ -128,6 +128,25 @@ def _wrap(model, cfg: TrainConfig, device, dist):
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
+def _resume(ckpt_path: Path, model, optimizers: tuple, generator: torch.Generator, rank_gen: torch.Generator,
+            dist) -> int:
+    """Load the train stage's checkpoint: weights, optimizers and scheduler (`optimizers` = warm, joint,
+    sched), the random states (this rank's own under a job of the same size) -> the next epoch."""
+    ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    model.load_state_dict(ck["model"])
+    for opt, key in zip(optimizers, ("warm", "joint", "sched"), strict=True):
+        opt.load_state_dict(ck[key])
+    torch.set_rng_state(ck["rng"])
+    generator.set_state(ck["loader_rng"])
+    if dist.on and len(ck.get("rng_ranks") or []) == dist.world:
+        rng, loader_rng = ck["rng_ranks"][dist.rank]
+        torch.set_rng_state(rng)
+        rank_gen.set_state(loader_rng)
+    elif dist.on:
+        warn("resumed with another number of processes: augmentation draws differ from an uninterrupted run")
+    return ck["epoch"] + 1
+
+
 def _fit(run, model, cub, cfg: TrainConfig, device, generator: torch.Generator,
          dist=distributed.SINGLE) -> dict:
     """Warm and joint epochs inside the resumable train stage."""
@@ -150,20 +169,7 @@ def _fit(run, model, cub, cfg: TrainConfig, device, generator: torch.Generator,
         ckpt_path = st.dir / "checkpoint.pt"
         start = 0
         if ckpt_path.exists():
-            ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-            model.load_state_dict(ck["model"])
-            warm.load_state_dict(ck["warm"])
-            joint.load_state_dict(ck["joint"])
-            sched.load_state_dict(ck["sched"])
-            torch.set_rng_state(ck["rng"])
-            generator.set_state(ck["loader_rng"])
-            if dist.on and len(ck.get("rng_ranks") or []) == dist.world:
-                rng, loader_rng = ck["rng_ranks"][dist.rank]
-                torch.set_rng_state(rng)
-                rank_gen.set_state(loader_rng)
-            elif dist.on:
-                warn("resumed with another number of processes: augmentation draws differ from an uninterrupted run")
-            start = ck["epoch"] + 1
+            start = _resume(ckpt_path, model, (warm, joint, sched), generator, rank_gen, dist)
             info(f"resuming training at epoch {start + 1} of {total}")
         loader = _loader(cub, "train", tf, cfg, True, rank_gen, device, dist)
         net, net_phase = model, None
@@ -209,16 +215,7 @@ def _sync_buffers(model, dist) -> None:
         b.data.copy_(t)
 
 
-def train_run(data: Path, run_dir: Path, cfg: TrainConfig, device: torch.device, resume: bool = False,
-              dist=distributed.SINGLE) -> dict:
-    """Create (or resume) a run and train the baseline. Returns a summary dict.
-
-    `dist`: the job when torchrun started several processes (see protocli.distributed)."""
-    from protocli.cache import latents, min_distances
-    from protocli.data.cub import open_cub
-    from protocli.model import ModelConfig, build_model
-    from protocli.run import Run
-
+def _check_options(cfg: TrainConfig, device: torch.device, dist) -> None:
     if cfg.stop_after not in ("joint", "push", "last"):
         raise BadInput(f"--stop-after {cfg.stop_after}: expected joint, push or last")
     if dist.on and cfg.batch_size % dist.world:
@@ -226,28 +223,71 @@ def train_run(data: Path, run_dir: Path, cfg: TrainConfig, device: torch.device,
     if cfg.sync_bn and dist.on and device.type != "cuda":
         raise BadInput("--sync-bn: torch's SyncBatchNorm runs on CUDA only; without it each process "
                        "normalises with its own batch statistics")
+
+
+def _reopen(run_dir: Path, cfg: TrainConfig, cub, data: Path):
+    """The run to resume and the config it started with (only --workers is taken from `cfg`)."""
+    from protocli.run import Run
+
+    run = Run.open(run_dir)
+    saved = TrainConfig(**run.manifest["train"])
+    if run.manifest["data"]["fingerprint"] != cub.fingerprint():
+        raise BadInput("dataset differs from the one this run started on", data)
+    return run, TrainConfig(**{**asdict(saved), "workers": cfg.workers})  # the run's config wins
+
+
+def _create(run_dir: Path, data: Path, cub, cfg: TrainConfig, mcfg, device: torch.device, dist):
+    """A new run folder (rank 0 writes it, the other ranks open it once it is there)."""
+    from protocli.run import Run
+
+    if not cub.split("train"):
+        raise BadInput("dataset has no training images (train_test_split.txt)", data)
+    if dist.is_main():
+        run = Run.create(run_dir, data_root=data, crop=cfg.crop, fingerprint=cub.fingerprint(),
+                         model_cfg=mcfg.to_dict(), train_cfg=asdict(cfg), seed=cfg.seed, device=str(device))
+    distributed.barrier(dist)
+    return run if dist.is_main() else Run.open(run_dir)
+
+
+def _last_layer(run, model, cub, cfg: TrainConfig, train: tuple, generator: torch.Generator, device, dist) -> dict:
+    """The "last" stage: the last layer fitted on the min distances of the cached latents -> its accuracies.
+    Every rank fits the same small last layer (same inputs, same generator); rank 0 writes it."""
+    from protocli.cache import latents, min_distances
+
+    ztr, ytr = train
+    zte, yte = latents(model, cub, "test", crop=cfg.crop, cache_dir=run.cache_dir, device=device,
+                       workers=cfg.workers, dist=dist)
+    md_tr, md_te = min_distances(model, ztr, device), min_distances(model, zte, device)
+    with distributed.stage(run, "last", dist) as st:
+        rec = train_last_layer(model, md_tr, ytr, epochs=cfg.last_epochs, lr=cfg.lr_last, l1=cfg.l1,
+                               batch_size=cfg.batch_size, generator=generator, test=(md_te, yte),
+                               log=st.dir / "metrics.jsonl" if st.main else None)
+        st.save_model(model)
+        st.info.update(train_accuracy=rec["train_accuracy"], test_accuracy=rec["test_accuracy"])
+    return {"train_accuracy": rec["train_accuracy"], "test_accuracy": rec["test_accuracy"]}
+
+
+def train_run(data: Path, run_dir: Path, cfg: TrainConfig, device: torch.device, resume: bool = False,
+              dist=distributed.SINGLE) -> dict:
+    """Create (or resume) a run and train the baseline. Returns a summary dict.
+
+    `dist`: the job when torchrun started several processes (see protocli.distributed)."""
+    from protocli.cache import latents
+    from protocli.data.cub import open_cub
+    from protocli.model import ModelConfig, build_model
+
+    _check_options(cfg, device, dist)
     t0 = time.perf_counter()
     generator = seed_everything(cfg.seed)
     cub = open_cub(data)
     if resume:
-        run = Run.open(run_dir)
-        saved = TrainConfig(**run.manifest["train"])
-        cfg = TrainConfig(**{**asdict(saved), "workers": cfg.workers})  # the run's config wins
+        run, cfg = _reopen(run_dir, cfg, cub, data)
         generator = seed_everything(cfg.seed)
-        if run.manifest["data"]["fingerprint"] != cub.fingerprint():
-            raise BadInput("dataset differs from the one this run started on", data)
     mcfg = ModelConfig(backbone=cfg.backbone, num_classes=len(cub.classes),
                        prototypes_per_class=cfg.prototypes_per_class, proto_dim=cfg.proto_dim,
                        add_on=cfg.add_on, img_size=cfg.img_size)
     if not resume:
-        if not cub.split("train"):
-            raise BadInput("dataset has no training images (train_test_split.txt)", data)
-        if dist.is_main():
-            run = Run.create(run_dir, data_root=data, crop=cfg.crop, fingerprint=cub.fingerprint(),
-                             model_cfg=mcfg.to_dict(), train_cfg=asdict(cfg), seed=cfg.seed, device=str(device))
-        distributed.barrier(dist)
-        if not dist.is_main():
-            run = Run.open(run_dir)
+        run = _create(run_dir, data, cub, cfg, mcfg, device, dist)
     done = {s["kind"] for s in run.stage_log()}
     if "train" in done:
         model = run.load_model(device)
@@ -267,17 +307,7 @@ def train_run(data: Path, run_dir: Path, cfg: TrainConfig, device: torch.device,
             push_model(run, model, cub, ztr, ytr, device, dist=dist)
             model = run.load_model(device)
         if cfg.stop_after == "last" and "last" not in done and cfg.last_epochs > 0:
-            zte, yte = latents(model, cub, "test", crop=cfg.crop, cache_dir=run.cache_dir, device=device,
-                               workers=cfg.workers, dist=dist)
-            md_tr, md_te = min_distances(model, ztr, device), min_distances(model, zte, device)
-            # Every rank fits the same small last layer (same inputs, same generator); rank 0 writes it.
-            with distributed.stage(run, "last", dist) as st:
-                rec = train_last_layer(model, md_tr, ytr, epochs=cfg.last_epochs, lr=cfg.lr_last, l1=cfg.l1,
-                                       batch_size=cfg.batch_size, generator=generator, test=(md_te, yte),
-                                       log=st.dir / "metrics.jsonl" if st.main else None)
-                st.save_model(model)
-                st.info.update(train_accuracy=rec["train_accuracy"], test_accuracy=rec["test_accuracy"])
-            result.update(train_accuracy=rec["train_accuracy"], test_accuracy=rec["test_accuracy"])
+            result.update(_last_layer(run, model, cub, cfg, (ztr, ytr), generator, device, dist))
     result["stages"] = [s["id"] for s in run.stage_log()]
     result["seconds"] = round(time.perf_counter() - t0, 1)
     return result

@@ -136,3 +136,38 @@ def test_carry_over_new_vector_joins_q():
     assert at.carry_over(a, old, new, new_vectors=np.stack([V + 0.5])) == 1
     assert [e["push"] for e in a.antitypes] == ["002-push", "003-push"]
     assert at.carry_over(at.Antitypes(), old, new) == 0
+
+
+def test_carry_onto_edge_cases(tmp_path):
+    import shutil
+
+    from _reviewutil import make_push
+
+    from protocli.runfiles import read_push_doc
+
+    stages = tmp_path / "run" / "stages"
+    make_push(tmp_path / "run", "002-push", P=4, D=8, pictures=False)
+    new_dir = make_push(tmp_path / "run", "005-push", P=4, D=8, moved=(2,), pictures=False)
+    new = read_push_doc(new_dir)
+    vecs = np.stack([V + 1, V + 2, V + 3, V + 4])
+    # No push yet: nothing to carry, the new push becomes current.
+    a = at.Antitypes()
+    assert at.carry_onto(a, stages, new, vecs) == {} and a.push == "005-push"
+    # Same patch carries (the new push's vector joins Q); a moved prototype waits for a look.
+    a = at.Antitypes()
+    reject(a, 0)
+    a.decide(1, "accept", "simulated", "002-push")
+    reject(a, 2)
+    assert at.carry_onto(a, stages, new, vecs) == {0: "reject", 1: "accept"}
+    assert a.push == "005-push" and a.get(1, "005-push")["by"] == "simulated"
+    assert np.array_equal(np.float32(a.latest_vector(0)), vecs[0])
+    # Already on this push (or a newer one): nothing changes, an undone carried decision stays undone.
+    a.undo(0, "005-push")
+    assert at.carry_onto(a, stages, new, vecs) == {} and a.decision(0) is None
+    assert at.carry_onto(a, stages, read_push_doc(stages / "002-push"), vecs) == {} and a.push == "005-push"
+    # The old push's folder is gone: nothing carried, the old decisions stay on their push.
+    a = at.Antitypes()
+    reject(a, 0)
+    shutil.rmtree(stages / "002-push")
+    assert at.carry_onto(a, stages, new, vecs) == {} and a.push == "005-push"
+    assert a.decided("002-push") == {0: "reject"} and a.decided("005-push") == {}

@@ -58,6 +58,27 @@ def test_push_avoid_is_the_nearest_allowed_cell_by_brute_force():
         assert (int(best_img[j]), int(best_cell[j])) != (int(img[j]), int(cell[j]))
 
 
+
+def test_a_revision_push_in_a_job_is_not_sharded(monkeypatch):
+    """Only the plain training push shards: the shards search without the antitypes or the matching."""
+    from types import SimpleNamespace
+
+    from protocli import nearest
+
+    def sharded(*a, **k):
+        raise AssertionError("sharded a search with antitypes or distinct patches")
+
+    monkeypatch.setattr(nearest, "nearest_patches_sharded", sharded)
+    model, z, y = _toy()
+    job = SimpleNamespace(on=True)
+    q = z[0, :, 0, :2].T.contiguous()
+    alone = nearest_patches(model, z, y, torch.device("cpu"), avoid=q)
+    in_job = nearest_patches(model, z, y, torch.device("cpu"), avoid=q, dist=job)
+    assert all(torch.equal(a, b) for a, b in zip(alone, in_job, strict=True))
+    nearest_patches(model, z, y, torch.device("cpu"), distinct=True, dist=job)
+    with pytest.raises(AssertionError, match="sharded"):
+        nearest_patches(model, z, y, torch.device("cpu"), dist=job)
+
 def _is_stable(cand_d, cand_key, choice):
     """Distinct keys among matched prototypes, and no blocking pair: no prototype prefers a key (earlier in
     its list) held by a farther prototype or by nobody."""

@@ -207,3 +207,29 @@ def test_bad_arguments(tiny_run):
         rounds_run(tiny_run, n_rounds=0)
     with pytest.raises(BadInput):
         rounds_run(tiny_run, user="robot")
+
+
+def test_tui_consult_does_not_count_what_the_review_carries_over(tiny_run):
+    """consult's preview of the carry-over is what the review TUI then carries: no clicks for it."""
+    from protocli.model import pushed_prototypes
+    from protocli.push import push_run
+    from protocli.review.state import open_state
+    from protocli.rounds import consult
+
+    run = Run.open(tiny_run)
+    first = run.latest_push()
+    ants = atmod.Antitypes()
+    ants.decide(0, "reject", "user", first.name, vector=pushed_prototypes(first)[0].numpy())
+    ants.decide(1, "accept", "user", first.name)
+    atmod.save(ants, run.antitypes_path)
+    push_run(tiny_run, torch.device("cpu"))  # same prototypes, same patches: a new push id
+    seen = []
+
+    def person(run_dir, order):  # opens the review (which carries over and saves), decides nothing new
+        seen.append(open_state(run_dir).message)
+
+    run = Run.open(tiny_run)
+    c = consult(run, run.cub(), "tui", "box", ask=person)
+    assert "2 decisions carried" in seen[0]
+    assert c["push"] != first.name and c["non_object"] == 1
+    assert c["clicks"] == 0 and c["decisions"] == 0 and c["antitypes"] == 1

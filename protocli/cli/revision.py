@@ -259,13 +259,14 @@ def rounds(
                           ask=_tui(graphics.value) if user == User.tui else None, out=out, device=dev,
                           generator=seed_everything(seed), cfg=cfg, order=order.value, look_alikes=look_alikes)
 
-    def show(result):
-        from protocli.console import print_table
+    execute(go, as_json, quiet, _show_rounds, lock=None if out else run, wait=wait, spread=True)
 
-        # A subset that fits an 80-column terminal; --json and RUN/rounds.json hold every column.
-        cols = ["round", "non_object", "clicks", "antitypes", "accuracy_before_ft", "accuracy_after_ft",
-                "overlap_ge_75"]
-        rows = result.get("rounds", [])
-        print_table("rounds", rows, [c for c in cols if rows and c in rows[0]])
 
-    execute(go, as_json, quiet, show, lock=None if out else run, wait=wait, spread=True)
+def _show_rounds(result: dict) -> None:
+    from protocli.console import print_table
+
+    # A subset that fits an 80-column terminal; --json and RUN/rounds.json hold every column.
+    cols = ["round", "non_object", "clicks", "antitypes", "accuracy_before_ft", "accuracy_after_ft",
+            "overlap_ge_75"]
+    rows = result.get("rounds", [])
+    print_table("rounds", rows, [c for c in cols if rows and c in rows[0]])

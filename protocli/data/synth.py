@@ -295,6 +295,44 @@ def _sample(tmp: Path, table: list[dict], label: int, k: int, train: bool, size:
     return rel, (x, y, w, h), float(mask[y:y + h, x:x + w].mean()), bg
 
 
+def _draw_all(tmp: Path, table: list[dict], jobs: list[tuple], size: int, confound: float, seed: int, digits: int,
+              draw) -> tuple[dict[str, list[str]], list[float], list[int]]:
+    """Draw every (label, k, train) job into `tmp` -> the CUB index lines (images, labels, split, boxes),
+    each image's object fraction in its box, and its background class; in image order."""
+    lines: dict[str, list[str]] = {k: [] for k in ("images", "labels", "split", "boxes")}
+    fractions, backgrounds = [], []
+    for row in table:
+        for folder in ("images", "segmentations"):
+            (tmp / folder / row["class"]).mkdir(parents=True)
+    # Threads overlap PNG encoding and file writes (both release the GIL); map keeps the order.
+    pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1))
+    try:
+        results = pool.map(lambda job: _sample(tmp, table, *job, size, confound, seed, digits, draw), jobs)
+        done = zip(jobs, results, strict=True)
+        with progress_bar("drawing images", len(jobs)) as advance:
+            for i, ((label, _, train), (rel, box, fraction, bg)) in enumerate(done, 1):
+                lines["images"].append(f"{i} {rel}")
+                lines["labels"].append(f"{i} {label + 1}")
+                lines["split"].append(f"{i} {int(train)}")
+                lines["boxes"].append(f"{i} " + " ".join(f"{v:.1f}" for v in box))
+                fractions.append(fraction)
+                backgrounds.append(bg)
+                advance()
+    finally:  # on Ctrl-C or an error, drop the queued images instead of drawing them all first
+        pool.shutdown(wait=True, cancel_futures=True)
+    return lines, fractions, backgrounds
+
+
+def _write_index(tmp: Path, lines: dict[str, list[str]], table: list[dict], meta: dict) -> None:
+    """The CUB text files and synth.json (`meta`)."""
+    files = {"images.txt": lines["images"], "image_class_labels.txt": lines["labels"],
+             "train_test_split.txt": lines["split"], "bounding_boxes.txt": lines["boxes"],
+             "classes.txt": [f"{r['index'] + 1} {r['class']}" for r in table]}
+    for fname, rows in files.items():
+        (tmp / fname).write_text("\n".join(rows) + "\n", encoding="utf-8")
+    (tmp / "synth.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+
+
 def synth(out: Path, classes: int = 8, train_per_class: int = 40, test_per_class: int = 20, size: int = 96,
           confound: float = 0.8, seed: int = 0, family: str = "birds") -> dict:
     """Write the dataset to OUT (must not exist or be empty) and return a summary dict."""
@@ -311,39 +349,14 @@ def synth(out: Path, classes: int = 8, train_per_class: int = 40, test_per_class
     # unlike tempfile.mkdtemp's 0700.
     tmp = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     tmp.mkdir()
-    lines: dict[str, list[str]] = {k: [] for k in ("images", "labels", "split", "boxes")}
-    fractions, backgrounds = [], []
     try:
-        for row in table:
-            for folder in ("images", "segmentations"):
-                (tmp / folder / row["class"]).mkdir(parents=True)
-        # Threads overlap PNG encoding and file writes (both release the GIL); map keeps the order.
-        pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1))
-        try:
-            results = pool.map(lambda job: _sample(tmp, table, *job, size, confound, seed, digits, draw), jobs)
-            done = zip(jobs, results, strict=True)
-            with progress_bar("drawing images", len(jobs)) as advance:
-                for i, ((label, _, train), (rel, box, fraction, bg)) in enumerate(done, 1):
-                    lines["images"].append(f"{i} {rel}")
-                    lines["labels"].append(f"{i} {label + 1}")
-                    lines["split"].append(f"{i} {int(train)}")
-                    lines["boxes"].append(f"{i} " + " ".join(f"{v:.1f}" for v in box))
-                    fractions.append(fraction)
-                    backgrounds.append(bg)
-                    advance()
-        finally:  # on Ctrl-C or an error, drop the queued images instead of drawing them all first
-            pool.shutdown(wait=True, cancel_futures=True)
-        files = {"images.txt": lines["images"], "image_class_labels.txt": lines["labels"],
-                 "train_test_split.txt": lines["split"], "bounding_boxes.txt": lines["boxes"],
-                 "classes.txt": [f"{r['index'] + 1} {r['class']}" for r in table]}
-        for fname, rows in files.items():
-            (tmp / fname).write_text("\n".join(rows) + "\n", encoding="utf-8")
+        lines, fractions, backgrounds = _draw_all(tmp, table, jobs, size, confound, seed, digits, draw)
         params = {"family": family, "classes": classes, "train_per_class": train_per_class, "test_per_class": test_per_class,
                   "size": size, "confound": confound, "seed": seed}
         # backgrounds[i]: the class whose background image id i + 1 sits on (for confound analyses).
         meta = {"version": 1, "generator": "protocli data synth", **params, "attributes": table,
                 "backgrounds": backgrounds}
-        (tmp / "synth.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+        _write_index(tmp, lines, table, meta)
         try:
             if out.exists():
                 out.rmdir()  # checked empty above; rename cannot replace a folder on every platform

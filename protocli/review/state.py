@@ -18,7 +18,7 @@ import numpy as np
 from protocli import antitypes as at
 from protocli.errors import BadInput
 from protocli.review.offers import Offers
-from protocli.runfiles import push_is_current, read_manifest, read_push_doc, read_tensors, stage_ids
+from protocli.runfiles import push_is_current, read_manifest, read_tensors, stage_ids
 
 SORTS = ("id", "suspicion", "class", "weight", "undecided")
 
@@ -307,12 +307,8 @@ def open_state(run_dir: Path, push: str | None = None, busy: str | None = None) 
         state.read_only = True
         state.message = f"read-only: antitypes.json is already on {ants.push}"
     elif ants.push != target:
-        carried = 0
-        if ants.push is not None:
-            carried = at.carry_over(ants, read_push_doc(run_dir / "stages" / ants.push), state.meta,
-                                    new_vectors=state.vectors)
         had_decisions = bool(ants.decisions)
-        ants.push = target
+        carried = len(at.carry_onto(ants, run_dir / "stages", state.meta, state.vectors))
         if had_decisions and busy is None:
             at.save(ants, state.antitypes_path)
         state.message = f"{carried} decisions carried over from the previous push" if carried else ""
