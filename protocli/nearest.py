@@ -34,19 +34,14 @@ def nearest_patches(model, z: torch.Tensor, y: torch.Tensor, device, batch_size:
     candidates and `distinct_choice` matches prototypes to cells, the nearer prototype winning a
     contested cell; a prototype whose pool runs out keeps its nearest cell (a duplicate).
 
-    Returns (best_dist (P,), best_image (P,), best_cell (P,) flat h*W+w, min_d (N, P), arg_cell (N, P)).
-    min_d and arg_cell are the unrestricted minima. Ties keep the first image, as numpy's argmin does
-    in the original code. With `dist` (a job of several processes) a plain search (no `avoid`, not
+    Returns (best_dist (P,), best_image (P,), best_cell (P,) flat h*W+w). Ties keep the first image,
+    as numpy's argmin does in the original code. With `dist` (a job of several processes) a plain search (no `avoid`, not
     `distinct`: the training push) shards the images: see `nearest_patches_sharded`.
     """
     if dist is not None and dist.on and avoid is None and not distinct:
         return nearest_patches_sharded(model, z, y, device, dist, batch_size)
     P = model.num_prototypes
     pcls = model.prototype_class.to(device)
-    # Filled in place: appending small per-batch results between the big (B, P, H, W) temporaries
-    # fragments the CPU heap, and the process grew by ~3.5 GB at CUB size (bench/RESULTS.md).
-    all_min = torch.empty(len(z), P)
-    all_arg = torch.empty(len(z), P, dtype=torch.int32)
     q = avoid.to(device, torch.float32) if avoid is not None and len(avoid) else None
     a = keep.to(device, torch.float32) if keep is not None and len(keep) else None
     k = pool if distinct else 1
@@ -58,9 +53,6 @@ def nearest_patches(model, z: torch.Tensor, y: torch.Tensor, device, batch_size:
             zb, yb = z[i:i + batch_size].to(device).float(), y[i:i + batch_size].to(device)
             d = model.distances(zb).flatten(2)  # (B, P, HW)
             HW = d.shape[2]
-            mind, arg = d.min(dim=2)  # (B, P)
-            all_min[i:i + len(zb)] = mind.cpu()
-            all_arg[i:i + len(zb)] = arg.cpu()
             if q is not None:
                 d = torch.where(_off_antitypes(d, zb, q, a, margin), d, torch.inf)
             d = torch.where((yb[:, None] == pcls[None, :])[:, :, None], d, torch.inf)
@@ -69,7 +61,7 @@ def nearest_patches(model, z: torch.Tensor, y: torch.Tensor, device, batch_size:
     ar = torch.arange(P, device=device)
     choice = distinct_choice(cand_d, cand_key) if distinct else torch.zeros(P, dtype=torch.long, device=device)
     best_d, key = cand_d[ar, choice], cand_key[ar, choice]
-    return best_d.cpu(), (key // HW).cpu(), (key % HW).cpu(), all_min, all_arg
+    return best_d.cpu(), (key // HW).cpu(), (key % HW).cpu()
 
 
 def _off_antitypes(d: torch.Tensor, zb: torch.Tensor, q: torch.Tensor, a: torch.Tensor | None,
@@ -176,21 +168,18 @@ def nearest_patches_sharded(model, z: torch.Tensor, y: torch.Tensor, device, dis
 
     Each rank searches its shard (whole batches, so its distances are those of one process), then all
     gather every prototype's (distance, global image index, cell) and keep the smallest distance, then
-    the smallest image index, then the smallest cell: exactly one process's first-found rule. The
-    (N, P) minima and their cells are gathered in image order for the nearest-patch lists.
+    the smallest image index, then the smallest cell: exactly one process's first-found rule.
     """
     from protocli import distributed
 
     a, b = distributed.shard_range(len(z), dist, batch_size)
     if b > a:
-        d, img, cell, min_d, arg = nearest_patches(model, z[a:b], y[a:b], device, batch_size)
+        d, img, cell = nearest_patches(model, z[a:b], y[a:b], device, batch_size)
     else:  # fewer batches than ranks: nothing to search here
         P = model.num_prototypes
         d, img, cell = torch.full((P,), float("inf")), torch.zeros(P, dtype=torch.long), torch.zeros(P, dtype=torch.long)
-        min_d, arg = torch.empty(0, P), torch.empty(0, P, dtype=torch.int32)
-    best = merge_best(distributed.all_gather_tensor(d, dist), distributed.all_gather_tensor(img + a, dist),
+    return merge_best(distributed.all_gather_tensor(d, dist), distributed.all_gather_tensor(img + a, dist),
                       distributed.all_gather_tensor(cell, dist))
-    return (*best, distributed.gather_rows(min_d, dist), distributed.gather_rows(arg, dist))
 
 
 def merge_best(d: torch.Tensor, img: torch.Tensor, cell: torch.Tensor):

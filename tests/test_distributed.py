@@ -250,7 +250,7 @@ def test_merging_shard_bests_is_the_single_process_first_found_rule(one_thread):
         for r in range(world):
             a, b = shard_range(len(z), Dist(rank=r, world=world), 4)
             if b > a:
-                d, img, cell, _, _ = nearest_patches(model, z[a:b], y[a:b], CPU, batch_size=4)
+                d, img, cell = nearest_patches(model, z[a:b], y[a:b], CPU, batch_size=4)
                 parts.append((d, img + a, cell))
         best = merge_best(*(torch.stack(t) for t in zip(*parts, strict=True)))
         for got, want in zip(best, one[:3], strict=True):

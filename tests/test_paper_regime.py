@@ -35,12 +35,12 @@ def test_push_avoid_is_the_nearest_allowed_cell_by_brute_force():
     model, z, y = _toy()
     P = model.num_prototypes
     # antitypes: the cells the unrestricted push picks for prototypes 0 and 3, plus a random vector
-    _, img, cell, _, _ = nearest_patches(model, z, y, torch.device("cpu"))
+    _, img, cell = nearest_patches(model, z, y, torch.device("cpu"))
     W = z.shape[3]
     q = torch.stack([z[img[0], :, cell[0] // W, cell[0] % W], z[img[3], :, cell[3] // W, cell[3] % W],
                      torch.rand(z.shape[1])])
     keep = model.prototypes.detach()[[1, 2]] + 0.05
-    best_d, best_img, best_cell, _, _ = nearest_patches(model, z, y, torch.device("cpu"), batch_size=5,
+    best_d, best_img, best_cell = nearest_patches(model, z, y, torch.device("cpu"), batch_size=5,
                                                         avoid=q, keep=keep)
     protos = model.prototypes.detach()
     for j in range(P):
@@ -132,9 +132,9 @@ def test_distinct_push_gives_every_prototype_its_own_patch():
     model, z, y = _toy(n=6, grid=(2, 2))
     with torch.no_grad():  # both prototypes of each class start on the same point
         model.prototypes[1::2] = model.prototypes[0::2]
-    _, img, cell, _, _ = nearest_patches(model, z, y, torch.device("cpu"))
+    _, img, cell = nearest_patches(model, z, y, torch.device("cpu"))
     assert len({(int(a), int(b)) for a, b in zip(img, cell, strict=True)}) < model.num_prototypes
-    _, img, cell, _, _ = nearest_patches(model, z, y, torch.device("cpu"), distinct=True)
+    _, img, cell = nearest_patches(model, z, y, torch.device("cpu"), distinct=True)
     assert len({(int(a), int(b)) for a, b in zip(img, cell, strict=True)}) == model.num_prototypes
 
 
