@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from protocli.console import progress_bar
+from protocli.console import check_cancel, progress_bar
 from protocli.runtime import default_workers, exact_fp32
 
 TRANSFORM_VERSION = "eval-v1"  # bump when eval_transform changes
@@ -160,6 +160,7 @@ def min_distances(model, z: torch.Tensor, device: torch.device, batch_size: int 
     out = torch.empty(len(z), model.num_prototypes)  # filled in place: no heap fragmentation (see push)
     with torch.no_grad():
         for i in range(0, len(z), batch_size):
+            check_cancel()
             d = model.distances(z[i:i + batch_size].to(device).float())
             out[i:i + batch_size] = d.flatten(2).min(dim=2).values
     return out

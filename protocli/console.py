@@ -1,10 +1,15 @@
-"""Terminal output helpers -> a stderr Console, progress bars with ETA, summary tables.
+"""Terminal output helpers -> a stderr Console, progress bars with ETA, summary tables; and the
+cancel check of long loops.
 
-Everything human-facing goes to stderr so that stdout stays clean for `--json`.
+Everything human-facing goes to stderr so that stdout stays clean for `--json`. A thread that runs
+stage code in the background (the review TUI's loaders) installs a check with `cancellable`; every
+progress-bar step and every batch of the other long loops then calls `check_cancel`, which raises
+`Cancelled` once the check says stop. Without a check installed (the CLI) it does nothing.
 """
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -38,6 +43,30 @@ def make_progress() -> Progress:
     )
 
 
+class Cancelled(Exception):
+    """A background caller asked a long loop to stop (see `cancellable`)."""
+
+
+_cancel = threading.local()
+
+
+@contextmanager
+def cancellable(check):
+    """Within the block, on this thread, `check_cancel` raises Cancelled when `check()` is true."""
+    previous = getattr(_cancel, "check", None)
+    _cancel.check = check
+    try:
+        yield
+    finally:
+        _cancel.check = previous
+
+
+def check_cancel() -> None:
+    check = getattr(_cancel, "check", None)
+    if check is not None and check():
+        raise Cancelled()
+
+
 @contextmanager
 def progress_bar(description: str, total: int | None):
     """Yield `advance(n=1, **fields)`; shows a bar with ETA on stderr."""
@@ -45,6 +74,7 @@ def progress_bar(description: str, total: int | None):
         task = prog.add_task(description, total=total, info="")
 
         def advance(n: int = 1, info: str | None = None) -> None:
+            check_cancel()
             if info is None:
                 prog.advance(task, n)
             else:

@@ -53,10 +53,13 @@ def grid_min(z: torch.Tensor, protos: torch.Tensor, batch_size: int = 128) -> tu
     """Min over the grid of squared distances and its flat cell: z (N, D, H, W), protos (P, D) -> (N, P) x2."""
     import torch
 
+    from protocli.console import check_cancel
+
     p = protos.float()
     p2 = p.square().sum(1)[None, :, None]
     mins, args = [], []
     for i in range(0, len(z), batch_size):
+        check_cancel()
         zf = z[i:i + batch_size].float().flatten(2)  # (B, D, HW)
         d = (zf.square().sum(1, keepdim=True) - 2 * torch.matmul(p, zf) + p2).clamp_min(0)
         m, a = d.min(dim=2)

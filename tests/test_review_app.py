@@ -241,3 +241,37 @@ async def test_no_picture_under_the_help_and_the_footer_on_first_paint(run):
             assert all(p.display and p.is_on_screen for p in shown)
             await pilot.press("tab")
         await pilot.press("q")
+
+
+async def test_quitting_does_not_wait_for_the_background_loaders(tmp_path, monkeypatch):
+    # Thread workers run in the event loop's executor, which asyncio.run joins at exit: a loader
+    # that ignored the cancel would keep `q` waiting for it (at CUB size, tens of seconds).
+    import threading
+    import time
+
+    from protocli import suspicion
+    from protocli.console import check_cancel
+
+    started, stopped = threading.Event(), threading.Event()
+
+    def slow_scores(*args, **kwargs):
+        started.set()
+        try:
+            for _ in range(1000):  # 10 s unless cancelled
+                check_cancel()
+                time.sleep(0.01)
+        finally:
+            stopped.set()
+
+    monkeypatch.setattr(suspicion, "ensure", slow_scores)
+    make_push(tmp_path / "run", P=12)
+    app = ReviewApp(open_state(tmp_path / "run"), make_renderer("none"))
+    async with app.run_test(size=(100, 30)) as pilot:
+        for _ in range(100):  # the scores start after the first screen, asked for or not
+            if started.is_set():
+                break
+            await pilot.pause(0.02)
+        assert started.is_set()
+        await pilot.press("q")
+    assert stopped.wait(2.0)
+

@@ -188,3 +188,18 @@ def test_load_ignores_a_damaged_or_foreign_suspicion_file(tmp_path):
     for bad in ("{not json", json.dumps({**ok, "signals_used": ["weight"]}), json.dumps([1, 2])):
         (tmp_path / su.FILE).write_text(bad)
         assert su.load(tmp_path, 2) is None  # a cache: computed again, never an error
+
+
+def test_check_cancel_only_where_a_check_is_installed():
+    from protocli.cache import min_distances
+    from protocli.console import Cancelled, cancellable, check_cancel
+    from protocli.model import ModelConfig, build_model
+
+    check_cancel()  # no check installed: nothing happens
+    model = build_model(ModelConfig(backbone="tiny", num_classes=2, prototypes_per_class=1, proto_dim=4, img_size=32))
+    z = torch.rand(5, 4, 2, 2)
+    with cancellable(lambda: False):
+        assert min_distances(model, z, torch.device("cpu"), batch_size=2).shape == (5, 2)
+    with cancellable(lambda: True), pytest.raises(Cancelled):
+        min_distances(model, z, torch.device("cpu"), batch_size=2)
+    check_cancel()  # the block restored the previous state

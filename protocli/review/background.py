@@ -29,10 +29,15 @@ class BackgroundWork:
         self.run_worker(self._load_suspicion, thread=True, group="suspicion", exclusive=True, exit_on_error=False)
 
     def _load_suspicion(self) -> None:
+        from protocli.console import Cancelled, cancellable
         from protocli.suspicion import ensure
 
+        worker = get_current_worker()
         try:
-            doc = ensure(self.run_dir, self.state.push_dir, len(self.state.protos))
+            with cancellable(lambda: worker.is_cancelled):  # quitting must not wait for it
+                doc = ensure(self.run_dir, self.state.push_dir, len(self.state.protos))
+        except Cancelled:
+            return
         except Exception as e:  # no trained run around this push, no latents: say so, keep going
             self._deliver(self._suspicion_failed, f"suspicion scores unavailable: {e}")
             return
@@ -57,10 +62,14 @@ class BackgroundWork:
         self.run_worker(self._load_effect, thread=True, group="effect-load", exit_on_error=False)
 
     def _load_effect(self) -> None:
+        from protocli.console import cancellable
+
+        worker = get_current_worker()
         try:
             from protocli.effect import MaskEffect
 
-            effect = MaskEffect(self.run_dir, self.state.push_dir)
+            with cancellable(lambda: worker.is_cancelled):  # quitting must not wait for it
+                effect = MaskEffect(self.run_dir, self.state.push_dir)
         except Exception:  # e.g. the run was revised since this push: the effect would be meaningless
             return
         self._deliver(self._effect_ready, effect)
