@@ -51,7 +51,7 @@ def review(run_dir: Path, graphics: str = "auto", push: str | None = None, order
 
     from protocli import lock
     from protocli.review.pictures import GRAPHICS, make_renderer
-    from protocli.review.state import list_pushes, open_state
+    from protocli.review.state import check_push, open_state
 
     if graphics not in GRAPHICS:
         raise BadInput(f"--graphics is {graphics!r}, expected one of {', '.join(GRAPHICS)}")
@@ -59,13 +59,7 @@ def review(run_dir: Path, graphics: str = "auto", push: str | None = None, order
         raise BadInput(f"--order is {order!r}, expected id or suspicion")
     # Check the run before the terminal: a script without a TTY still learns what is wrong with it.
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise BadInput("run folder not found", run_dir)
-    pushes = list_pushes(run_dir)
-    if not pushes:
-        raise BadInput("this run has no push yet; run `protocli push RUN` first", run_dir)
-    if push is not None and push not in pushes:
-        raise BadInput(f"push {push!r} not found; pushes: {', '.join(pushes)}", run_dir / "stages")
+    check_push(run_dir, push)
     check_terminal()
     with ExitStack() as stack:
         busy = None

@@ -284,6 +284,18 @@ class ReviewState:
         return True
 
 
+def check_push(run_dir: Path, push: str | None = None) -> list[str]:
+    """The run's pushes, oldest first, after checking that the run has them and `push` among them."""
+    if not run_dir.is_dir():
+        raise BadInput("run folder not found", run_dir)
+    pushes = list_pushes(run_dir)
+    if not pushes:
+        raise BadInput("this run has no push yet; run `protocli push RUN` first", run_dir)
+    if push is not None and push not in pushes:
+        raise BadInput(f"push {push!r} not found; pushes: {', '.join(pushes)}", run_dir / "stages")
+    return pushes
+
+
 def open_state(run_dir: Path, push: str | None = None, busy: str | None = None) -> ReviewState:
     """Run folder -> state on its latest push (or `push`), after carrying decisions over.
 
@@ -293,14 +305,8 @@ def open_state(run_dir: Path, push: str | None = None, busy: str | None = None) 
     process holds the run lock (`busy`, the message to show): then nothing is saved.
     """
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise BadInput("run folder not found", run_dir)
-    pushes = list_pushes(run_dir)
-    if not pushes:
-        raise BadInput("this run has no push yet; run `protocli push RUN` first", run_dir)
+    pushes = check_push(run_dir, push)
     target = push or pushes[-1]
-    if target not in pushes:
-        raise BadInput(f"push {target!r} not found; pushes: {', '.join(pushes)}", run_dir / "stages")
     state = ReviewState(run_dir / "stages" / target, run_dir / "antitypes.json", known_pushes=pushes, busy=busy)
     ants = state.antitypes
     if ants.push is not None and at.push_key(ants.push) > at.push_key(target):
