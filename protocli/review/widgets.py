@@ -107,29 +107,26 @@ class StatusBar(Static):
 
 
 HELP = """\
- protocli review: keys
+ protocli review: keys                                   any key closes this
 
- ← ↓ ↑ → / h j k l   move (PgUp/PgDn a page, Home/End)
- r                   reject: not the object (its vector joins the antitypes)
- a                   accept
- u                   undo this session's last decision (else clear the current one)
- space               next undecided prototype
- f                   filter to this prototype's class / show all classes
- F                   filter to the next class
- s                   sort: id, suspicion (background-like first), class, weight,
-                     undecided first
- after a reject      its look-alikes are offered in a row below the gallery,
-                     each marked for rejection:
-   1-8               spare the n-th card (take its mark off; again to put it back)
-   R                 reject the marked cards (the spared ones leave the row)
-   x, esc            dismiss the offer
- tab                 gallery <-> detail (full image, heatmap, nearest patches)
- ?                   this help
- q, ctrl+c           quit (every decision is already saved)
+ ← ↓ ↑ →  h j k l   move        PgUp PgDn Home End   page, first, last
+ r                  reject: not the object (its vector joins the antitypes)
+ a                  accept
+ u                  undo this session's last decision (else clear the card)
+ space              next undecided prototype
+ f  F               filter to this card's class / all;  next class
+ s                  sort: id, suspicion (background-like first), class,
+                    weight, undecided first
+ tab                gallery <-> detail (image, heatmap, nearest patches)
+ ?   q, ctrl+c      this help;  quit (every decision is already saved)
 
- The status line shows what masking the rejected prototypes would do to test
- accuracy (now, and after a short last-layer refit).
- Each decision is written to antitypes.json at once.  Press any key to close."""
+ After r, a row under the gallery offers look-alikes, each marked for R:
+ 1-8                spare card n (press again to mark it again)
+ R                  reject the marked cards;  x, esc  dismiss the row
+
+ The status line shows what masking the rejected prototypes would do to
+ test accuracy, now and after a short last-layer refit. Every decision is
+ written to antitypes.json at once."""
 
 
 class HelpScreen(ModalScreen):
