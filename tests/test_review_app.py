@@ -275,3 +275,13 @@ async def test_quitting_does_not_wait_for_the_background_loaders(tmp_path, monke
         await pilot.press("q")
     assert stopped.wait(2.0)
 
+
+
+def test_help_fits_an_80x24_terminal():
+    from rich.cells import cell_len
+
+    from protocli.review.widgets import HELP
+
+    lines = HELP.splitlines()
+    assert len(lines) + 2 <= 24  # inside its border
+    assert max(cell_len(line) for line in lines) <= 80 - 4  # border and padding each side
