@@ -87,7 +87,7 @@ def _check_options(out: Path, epochs: int, batch_size: int, img_size: int, lr: f
 
 
 def pretrain(data: Path, out: Path, *, backbone: str = "tiny", img_size: int = 96, epochs: int = 16,
-             batch_size: int = 64, lr: float = 1e-2, weight_decay: float = 1e-4, crop: bool = True,
+             batch_size: int = 64, lr: float = 5e-3, weight_decay: float = 1e-4, crop: bool = True,
              device=None, generator: torch.Generator | None = None, workers: int | None = None,
              amp: bool = True) -> dict:
     """Train `backbone` as a classifier on DATA's train split; write its weights to OUT (atomic)."""

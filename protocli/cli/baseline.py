@@ -78,7 +78,7 @@ def pretrain(
     img_size: int = typer.Option(96, help="Input side in pixels."),
     epochs: int = typer.Option(16, help="Training epochs (one-cycle learning-rate schedule)."),
     batch_size: int = typer.Option(64, help="Batch size."),
-    lr: float = typer.Option(1e-2, help="Peak learning rate (AdamW)."),
+    lr: float = typer.Option(5e-3, help="Peak learning rate (AdamW; one-cycle schedule)."),
     crop: bool = typer.Option(True, "--crop/--no-crop", help="Crop images to their bounding boxes."),
     device: str = DEVICE_OPT,
     workers: int | None = typer.Option(None, help="DataLoader workers (default: from the CPU count)."),
