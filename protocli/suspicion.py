@@ -40,8 +40,8 @@ LOOK_ALIKES = 8  # at most this many offered after a reject: one row of cards
 # Which look-alikes are offered: within RADIUS_X x the median nearest-neighbour distance, and among the
 # most suspicious OFFER_SHARE of the prototypes. Chosen on the birds family, confirmed on the flowers
 # (bench/review_effort.py --offers, docs/review-effort.md).
-RADIUS_X = 4.0
-OFFER_SHARE = 0.3
+RADIUS_X = 8.0
+OFFER_SHARE = 0.2
 FILE = "suspicion.json"
 VERSION = 2  # 2: look-alikes only among the most suspicious
 
