@@ -35,7 +35,7 @@ from protocli.files import atomic_write_json, read_json
 
 SIGNALS = ("evenness", "specific", "other", "own", "weight", "strong", "ubiquity", "antitype", "duplicate",
            "border", "box_gap", "distance")
-DEFAULT = ("border", "box_gap")
+DEFAULT = ("box_gap",)
 LOOK_ALIKES = 8  # at most this many offered after a reject: one row of cards
 # Which look-alikes are offered: within RADIUS_X x the median nearest-neighbour distance, and among the
 # most suspicious OFFER_SHARE of the prototypes. Chosen on the birds family, confirmed on the flowers
