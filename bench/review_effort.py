@@ -139,23 +139,16 @@ def signal_table(run: Path, criterion: str, combos: list[tuple[str, ...]]) -> di
 def offer_table(run: Path, criterion: str, radii, shares) -> dict:
     """Keys to reject every non-object prototype of the first push, walking in suspicion order, per
     offer rule (radius factor x share of the most suspicious that may be offered); 'none' = no offers."""
-    import numpy as np
-
     from protocli import suspicion as su
     from protocli.effort import walk
 
     flags, sig, v, doc = push_truth(run, criterion)
     s = su.score(sig)
     order = su.order(s)
-    vv = v.double().numpy()
-    sq = (vv * vv).sum(1)
-    d = np.maximum(sq[:, None] - 2 * vv @ vv.T + sq[None, :], 0.0)
-    np.fill_diagonal(d, np.inf)
-    nn = float(np.median(d.min(1)))
     out = {"none": walk(order, flags)["keys"], "non_object": int(sum(flags))}
     for rx in radii:
         for share in shares:
-            la = su.look_alikes(v, doc, radius=rx * nn, offered=su.most_suspicious(s, share))
+            la = su.look_alikes(v, doc, radius_x=rx, offered=su.most_suspicious(s, share))
             out[f"{rx:g}x/{share:g}"] = walk(order, flags, la)["keys"]
     return out
 

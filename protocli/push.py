@@ -119,7 +119,7 @@ def push_model(run, model, cub, z: torch.Tensor, y: torch.Tensor, device, k: int
     size, crop = model.cfg.img_size, run.crop
     H, W = z.shape[2], z.shape[3]
     best_d, best_img, best_cell = nearest_patches(model, z, y, device, avoid=avoid, keep=keep, margin=margin,
-                                                        distinct=distinct, dist=dist)
+                                                  distinct=distinct, dist=dist)
     found = torch.isfinite(best_d)
     if not bool(found.all()):
         missing = sorted({int(c) for c in model.prototype_class[~found]})

@@ -44,6 +44,7 @@ RADIUS_X = 8.0
 OFFER_SHARE = 0.2
 FILE = "suspicion.json"
 VERSION = 2  # 2: look-alikes only among the most suspicious
+OFFER_RULE = [RADIUS_X, OFFER_SHARE]  # kept in suspicion.json: a cache made under another rule is made again
 
 if TYPE_CHECKING:
     import torch
@@ -161,12 +162,12 @@ def patch_ids(doc: dict) -> list[int]:
 
 
 def look_alikes(vectors, doc: dict, k: int = LOOK_ALIKES, radius: float | None = None,
-                offered=None) -> list[list[int]]:
+                offered=None, radius_x: float = RADIUS_X) -> list[list[int]]:
     """Per prototype: the others on the same patch, then the nearest pushed vectors, at most k in all.
 
     Beyond the same patch only prototypes in `offered` (ids; default all) within `radius` (squared
-    L2) are kept. The default radius is RADIUS_X times the median over prototypes of the squared
-    distance to their nearest other prototype. `compute` passes the most suspicious OFFER_SHARE as
+    L2) are kept. The default radius is `radius_x` (RADIUS_X) times the median over prototypes of
+    the squared distance to their nearest other prototype. `compute` passes the most suspicious OFFER_SHARE as
     `offered`: latent nearness alone offers as many object parts as backgrounds (measured in
     docs/review-effort.md), nearness among the suspicious ones mostly backgrounds. numpy only: the
     review TUI calls this without importing torch.
@@ -184,7 +185,7 @@ def look_alikes(vectors, doc: dict, k: int = LOOK_ALIKES, radius: float | None =
     same = key[:, None] == key[None, :]
     np.fill_diagonal(same, False)
     if radius is None:
-        radius = RADIUS_X * float(np.median(d.min(1)))
+        radius = radius_x * float(np.median(d.min(1)))
     if offered is not None:
         allowed = np.zeros(P, dtype=bool)
         allowed[np.asarray(list(offered), dtype=np.int64)] = True
@@ -260,6 +261,7 @@ def compute(run, push_dir: Path | None = None, cub=None, device=None, splits=Non
                   tuple(doc["grid"]), doc, vectors, q)
     s = score(sig, names)
     out = {"version": VERSION, "push": doc.get("push", push_dir.name), "signals_used": list(names),
+           "offer_rule": OFFER_RULE,
            "score": [round(float(v), 5) for v in s],
            "signals": {n: [round(float(v), 5) for v in t] for n, t in sig.items()},
            "look_alikes": look_alikes(vectors, doc, offered=most_suspicious(s))}
@@ -277,6 +279,7 @@ def load(push_dir: Path, num_prototypes: int) -> dict | None:
         doc = read_json(path, "suspicion file")
         ok = (isinstance(doc, dict) and doc.get("version") == VERSION
               and doc.get("signals_used") == list(DEFAULT)  # scored the way this code scores
+              and doc.get("offer_rule") == OFFER_RULE  # and offering the way it offers
               and len(doc.get("score", ())) == num_prototypes == len(doc.get("look_alikes", ())))
         return doc if ok else None
     except BadInput:

@@ -117,10 +117,11 @@ async def test_text_only_and_textual_image_widgets(run):
 
 
 def write_suspicion(push, scores, look_alikes) -> None:
-    from protocli.suspicion import DEFAULT, VERSION
+    from protocli.suspicion import DEFAULT, OFFER_RULE, VERSION
 
     (push / "suspicion.json").write_text(json.dumps({"version": VERSION, "push": push.name, "score": scores,
-                                                     "signals_used": list(DEFAULT), "look_alikes": look_alikes}))
+                                                     "signals_used": list(DEFAULT), "offer_rule": OFFER_RULE,
+                                                     "look_alikes": look_alikes}))
 
 
 async def test_2000_prototypes_first_screen_and_key_latency(tmp_path):

@@ -181,11 +181,13 @@ def test_mask_effect_matches_the_model_and_is_fast(tiny_run):
 
 
 def test_load_ignores_a_damaged_or_foreign_suspicion_file(tmp_path):
-    ok = {"version": su.VERSION, "signals_used": list(su.DEFAULT), "score": [0.1, 0.2], "look_alikes": [[], []]}
+    ok = {"version": su.VERSION, "signals_used": list(su.DEFAULT), "offer_rule": su.OFFER_RULE,
+          "score": [0.1, 0.2], "look_alikes": [[], []]}
     (tmp_path / su.FILE).write_text(json.dumps(ok))
     assert su.load(tmp_path, 2) == ok
     assert su.load(tmp_path, 3) is None  # another push's size
-    for bad in ("{not json", json.dumps({**ok, "signals_used": ["weight"]}), json.dumps([1, 2])):
+    for bad in ("{not json", json.dumps({**ok, "signals_used": ["weight"]}), json.dumps({**ok, "offer_rule": [1, 1]}),
+                json.dumps([1, 2])):
         (tmp_path / su.FILE).write_text(bad)
         assert su.load(tmp_path, 2) is None  # a cache: computed again, never an error
 

@@ -143,9 +143,8 @@ class ReviewApp(BackgroundWork, App):
         if self.first_screen_s is None:
             self.first_screen_s = time.perf_counter() - self.started
             self.start_effect()
-            if self.state.suspicion is None and not self.state.read_only and not self._suspicion_started:
+            if self.state.suspicion is None and not self.state.read_only:
                 # the look-alike offers need the scores; asked for or not, they are ready by the first reject
-                self._suspicion_started = True
                 self.start_suspicion()
 
     def redraw_offer(self, shown: list[int]) -> None:
@@ -237,8 +236,7 @@ class ReviewApp(BackgroundWork, App):
         fn(*args)
         self.redraw()
         self.update_effect()
-        if self.state.want_suspicion and not self._suspicion_started:
-            self._suspicion_started = True  # computed once; the state switches the order when it arrives
+        if self.state.want_suspicion:  # the state switches the order when the scores arrive
             self.start_suspicion()
         self.call_after_refresh(lambda: self.latencies.append(time.perf_counter() - t0))
 

@@ -25,6 +25,9 @@ class BackgroundWork:
     self._effect_for, self.redraw, self.run_worker and self._deliver."""
 
     def start_suspicion(self) -> None:
+        if self._suspicion_started:  # computed once (started again only after a failure)
+            return
+        self._suspicion_started = True
         quiet()
         self.run_worker(self._load_suspicion, thread=True, group="suspicion", exclusive=True, exit_on_error=False)
 
