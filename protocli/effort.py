@@ -3,7 +3,8 @@
 The simulated reviewer does what a person in the review TUI does, with the masks to decide:
 it walks the prototypes in the TUI's order (`space` skips those already decided), looks at each,
 and presses `r` on a non-object one. With look-alikes on, the TUI then offers that prototype's
-look-alikes (`suspicion.look_alikes`), at most `SHOWN` cards at a time, every card marked for
+look-alikes (`suspicion.look_alikes`: candidates nearest first; the first `PER_REJECT` of them
+still undecided join the offer, see `fresh`), at most `SHOWN` cards at a time, every card marked for
 rejection: a digit spares a card (one key each) and `R` rejects the cards still marked (one key).
 The reviewer takes the offer when that is no dearer than rejecting the non-object cards one by
 one later (spared + 1 <= non-object cards shown): it spares the object cards and presses `R`.
@@ -23,6 +24,22 @@ from __future__ import annotations
 import math
 
 SHOWN = 8  # cards an offer shows at once (one row)
+PER_REJECT = 8  # look-alikes a reject brings into the offer, at most
+
+
+def fresh(candidates: list[int], skip) -> list[int]:
+    """The first PER_REJECT candidates for which `skip(id)` is false.
+
+    Decided prototypes are skipped before counting, not after: otherwise in a later round, where most
+    prototypes carry their verdict over, the decided ones fill the slots and hide undecided
+    look-alikes further down the list (measured in docs/review-effort.md)."""
+    out: list[int] = []
+    for o in candidates:
+        if len(out) == PER_REJECT:
+            break
+        if not skip(o):
+            out.append(o)
+    return out
 
 
 def walk(order: list[int], non_object, look_alikes: list[list[int]] | None = None,
@@ -44,13 +61,12 @@ def walk(order: list[int], non_object, look_alikes: list[list[int]] | None = Non
         if looked["looked_100"] is None and n and found >= n:
             looked["looked_100"] = len(seen)
 
-    def fresh(ids: list[int], chain: set[int]) -> list[int]:
+    def bring(ids: list[int], chain: set[int]) -> list[int]:
         out = []
         for i in ids:
-            for o in look_alikes[i]:
-                if o not in chain and o not in decided and o not in rejected:
-                    chain.add(o)
-                    out.append(o)
+            new = fresh(look_alikes[i], lambda o: o in chain or o in decided or o in rejected)
+            chain.update(new)
+            out += new
         return out
 
     for j in order:
@@ -65,7 +81,7 @@ def walk(order: list[int], non_object, look_alikes: list[list[int]] | None = Non
         if look_alikes is None:
             continue
         chain = {j}
-        offer = fresh([j], chain)
+        offer = bring([j], chain)
         while offer:
             cards = offer[:shown]
             seen.update(cards)
@@ -76,6 +92,6 @@ def walk(order: list[int], non_object, look_alikes: list[list[int]] | None = Non
             keys += spare + 1
             rejected.update(bad)
             note()
-            offer = [o for o in offer if o not in cards] + fresh(bad, chain)
+            offer = [o for o in offer if o not in cards] + bring(bad, chain)
     return {"non_object_to_find": n, **looked, "keys": keys, "one_key_each": n,
             "looked_total": len(seen), "rejected_ids": sorted(rejected)}

@@ -36,7 +36,9 @@ from protocli.files import atomic_write_json, read_json
 SIGNALS = ("evenness", "specific", "other", "own", "weight", "strong", "ubiquity", "antitype", "duplicate",
            "border", "box_gap", "distance")
 DEFAULT = ("box_gap",)
-LOOK_ALIKES = 8  # at most this many offered after a reject: one row of cards
+# Look-alike candidates kept per prototype, nearest first. A reject offers the first effort.PER_REJECT
+# of them still undecided; in later rounds most prototypes carry a verdict over, so keep more.
+KEPT = 24
 # Which look-alikes are offered: within RADIUS_X x the median nearest-neighbour distance, and among the
 # most suspicious OFFER_SHARE of the prototypes. Chosen on the birds family, confirmed on the flowers
 # (bench/review_effort.py --offers, docs/review-effort.md).
@@ -44,7 +46,7 @@ RADIUS_X = 8.0
 OFFER_SHARE = 0.2
 FILE = "suspicion.json"
 VERSION = 2  # 2: look-alikes only among the most suspicious
-OFFER_RULE = [RADIUS_X, OFFER_SHARE]  # kept in suspicion.json: a cache made under another rule is made again
+OFFER_RULE = [RADIUS_X, OFFER_SHARE, KEPT]  # kept in suspicion.json: a cache made under another rule is made again
 
 if TYPE_CHECKING:
     import torch
@@ -161,9 +163,10 @@ def patch_ids(doc: dict) -> list[int]:
     return [ids.setdefault((p["image"], tuple(p["cell"])), len(ids)) for p in doc["prototypes"]]
 
 
-def look_alikes(vectors, doc: dict, k: int = LOOK_ALIKES, radius: float | None = None,
+def look_alikes(vectors, doc: dict, k: int = KEPT, radius: float | None = None,
                 offered=None, radius_x: float = RADIUS_X) -> list[list[int]]:
-    """Per prototype: the others on the same patch, then the nearest pushed vectors, at most k in all.
+    """Per prototype: the others on the same patch, then the nearest pushed vectors, at most k in all
+    (candidates: the offer takes the first effort.PER_REJECT of them still undecided).
 
     Beyond the same patch only prototypes in `offered` (ids; default all) within `radius` (squared
     L2) are kept. The default radius is `radius_x` (RADIUS_X) times the median over prototypes of

@@ -168,3 +168,26 @@ def test_thumbnail_cache_is_bounded(tmp_path):
         assert th.get("patch", j, 12, 6).size == (12, 12)
     assert len(th._items) == 10 and th.cached(("patch", 29, 0, 12, 6)) is not None
     assert th.get("nearest", 0, 6, 3, k=9) is None  # missing picture: no crash, no entry
+
+
+def test_an_offer_fills_its_row_with_undecided_look_alikes(tmp_path):
+    """Decided prototypes are skipped before the row's eight slots are counted, as in effort.walk."""
+    from protocli.suspicion import DEFAULT, OFFER_RULE, VERSION
+
+    run = tmp_path / "run"
+    push = make_push(run, P=30, k=1, pictures=False)
+    look = [[] for _ in range(30)]
+    look[4] = [1, 2, 3, *range(5, 16)]
+    (push / "suspicion.json").write_text(json.dumps({
+        "version": VERSION, "push": push.name, "score": [0.0] * 30, "signals_used": list(DEFAULT),
+        "offer_rule": OFFER_RULE, "look_alikes": look}))
+    st = open_state(run)
+    for j in (1, 2, 3):  # accepted first
+        st.goto(st.order.index(j))
+        st.decide("accept")
+    st.goto(st.order.index(4))
+    st.decide("reject")
+    assert st.offers.shown == list(range(5, 13))
+    assert st.offers.reject() == 8
+    verdicts = {d["prototype"]: d["verdict"] for d in saved(run)["decisions"]}
+    assert [j for j, v in sorted(verdicts.items()) if v == "reject"] == list(range(4, 13))

@@ -140,6 +140,20 @@ def test_walk_spares_the_object_cards_when_that_is_cheaper():
     assert w["keys"] == 4
 
 
+def test_offer_counts_only_undecided_look_alikes():
+    from protocli.effort import PER_REJECT, fresh
+
+    cands = list(range(1, 13))
+    assert fresh(cands, lambda o: False) == cands[:PER_REJECT]
+    # decided candidates are skipped before counting: the next undecided ones take their slots
+    assert fresh(cands, lambda o: o in {1, 2, 3}) == cands[3:3 + PER_REJECT]
+    # the walk: #1-#3 carry a verdict over, the rest are non-object. r on #0 offers #4-#11: R rejects
+    # them (2 keys), r on #12 (1 key). Counting the decided ones would offer #4-#8 only: 6 keys
+    la = [cands] + [[] for _ in range(12)]
+    w = walk(list(range(13)), [True] * 13, la, decided={1, 2, 3})
+    assert (w["keys"], w["one_key_each"], w["rejected_ids"]) == (3, 10, [0, *range(4, 13)])
+
+
 @pytest.mark.parametrize("order,la", [("suspicion", True), ("id", False)])
 def test_simulate_reports_effort_and_same_decisions(tiny_run, order, la):
     args = ["simulate", str(tiny_run), "--order", order, "--json", "-q"] + (["--look-alikes"] if la else [])

@@ -5,14 +5,14 @@ when loaded). Output: `ids`, the offered prototypes in order, of which the first
 `effort.SHOWN`, fewer when the terminal is narrow) are on screen (`shown`). Every card shown is
 marked for rejection; `spare(i)` takes the mark off the i-th (or puts it back), and `reject()`
 rejects the marked cards shown in one go. Spared cards then leave the offer, and every card
-rejected brings its own look-alikes in (those not offered before in this chain and undecided), so
-a cluster is cleared without walking to it. The simulated reviewer (effort.py) follows exactly
-these rules. Never imports textual or torch.
+rejected brings its own look-alikes in (the first `effort.PER_REJECT` not offered before in this
+chain and undecided: `effort.fresh`), so a cluster is cleared without walking to it. The simulated
+reviewer (effort.py) follows exactly these rules. Never imports textual or torch.
 """
 
 from __future__ import annotations
 
-from protocli.effort import SHOWN
+from protocli.effort import SHOWN, fresh
 
 
 class Offers:
@@ -43,10 +43,9 @@ class Offers:
 
     def _extend(self, ids: list[int]) -> None:
         for i in ids:
-            for o in self.look_alikes(i):
-                if o not in self._chain and self.state.decision(o) is None:
-                    self._chain.add(o)
-                    self.ids.append(o)
+            new = fresh(self.look_alikes(i), lambda o: o in self._chain or self.state.decision(o) is not None)
+            self._chain.update(new)
+            self.ids += new
 
     def start(self, j: int) -> None:
         self.ids, self.of, self._chain, self.spared = [], j, {j}, set()
