@@ -13,8 +13,10 @@ tiny --seed S`) unless OUT/F-S/run exists. Then, on copies of the run:
   (20 last-layer epochs) on the simulated user's rejects, and the time one effect takes;
 - rounds: `rounds --rounds N` twice, once with `--order id` and once with `--order suspicion
   --look-alikes` -> per round looked_90/100, and keys to reach zero (one key per non-object
-  prototype, the `clicks`, against the keys with look-alike offers).
-Prints a markdown table per part and writes OUT/review_effort.json.
+  prototype, the `clicks`, against the keys with look-alike offers);
+- per family, summed over its seeds: the two figures the issue sets targets for.
+Prints a markdown table per part and writes OUT/review_effort.json. `--signals` and `--offers` print
+instead the tables that chose the suspicion score and the offer rule (OUT/signals.json, offers.json).
 """
 
 from __future__ import annotations
@@ -100,8 +102,8 @@ def effect_check(run: Path, work: Path, criterion: str) -> dict:
 
 
 def push_truth(run: Path, criterion: str):
-    """The latest push of a run: its non-object flags, every suspicion signal, pushed vectors and
-    prototypes.json."""
+    """The latest push of a run: its non-object flags, every suspicion signal, pushed vectors,
+    prototypes.json and each prototype's box overlap with the object."""
     import torch
 
     from protocli import suspicion as su
@@ -118,39 +120,66 @@ def push_truth(run: Path, criterion: str):
     md, arg = su.grid_min(z, v)
     pcls = torch.tensor([p["class"] for p in doc["prototypes"]])
     sig = su.signals(md, arg, y.long(), pcls, su.current_weight(r, push, v, pcls), tuple(doc["grid"]), doc, v)
-    return st[criterion].tolist(), sig, v, doc
+    return st[criterion].tolist(), sig, v, doc, st["overlap"].tolist()
 
 
 def signal_table(run: Path, criterion: str, combos: list[tuple[str, ...]]) -> dict:
-    """Share of all prototypes looked at to find 90% of the non-object ones, per signal combination."""
+    """Share of all prototypes looked at to find 90% of the non-object ones, per signal combination;
+    and, in the default order, the object prototypes seen before that point and how many of them
+    have under 10% of their box on the object (the near misses of a location score)."""
     from protocli import suspicion as su
     from protocli.effort import walk
 
-    flags, sig, v, _ = push_truth(run, criterion)
+    flags, sig, v, _, overlap = push_truth(run, criterion)
     n = int(sum(flags))
     out = {"ideal": round(-(-9 * n // 10) / len(v), 3) if n else None}  # the masks' own order: ceil(0.9 n)
     for combo in combos:
         order = list(range(len(v))) if combo == ("id",) else su.order(su.score(sig, combo))
         w = walk(order, flags)
         out["+".join(combo)] = None if w["looked_90"] is None else round(w["looked_90"] / len(v), 3)
-    return out
+    order = su.order(su.score(sig))
+    seen = order[:walk(order, flags)["looked_90"] or 0]
+    objects = [j for j in seen if not flags[j]]
+    return {"looked_90": out, "default_objects_seen": len(objects),
+            "under_10pct": sum(overlap[j] < 0.1 for j in objects)}
 
 
-def offer_table(run: Path, criterion: str, radii, shares) -> dict:
-    """Keys to reject every non-object prototype of the first push, walking in suspicion order, per
-    offer rule (radius factor x share of the most suspicious that may be offered); 'none' = no offers."""
+def offer_table(run: Path, work: Path, criterion: str, rules, n_rounds: int) -> dict:
+    """Keys to reach zero non-object prototypes over the rounds, and on the first push, per offer rule
+    (radius factor, share of the most suspicious that may be offered), walking in suspicion order.
+
+    The rounds' decisions do not depend on the offers (the masks decide), so one `rounds` run serves
+    every rule: on each round's push the simulated reviewer's walk is replayed once per rule with
+    that push's order, carried-over verdicts and vectors. 'none' = no offers, one key each."""
+    import torch
+
+    from protocli import simulate as sim
     from protocli import suspicion as su
     from protocli.effort import walk
+    from protocli.rounds import rounds_run
+    from protocli.runfiles import read_push_doc
 
-    flags, sig, v, doc = push_truth(run, criterion)
-    s = su.score(sig)
-    order = su.order(s)
-    out = {"none": walk(order, flags)["keys"], "non_object": int(sum(flags))}
-    for rx in radii:
-        for share in shares:
-            la = su.look_alikes(v, doc, radius_x=rx, offered=su.most_suspicious(s, share))
-            out[f"{rx:g}x/{share:g}"] = walk(order, flags, la)["keys"]
-    return out
+    per_round: list[dict] = []
+    inner = sim.review_walk
+
+    def replay(run_, push_dir, vectors, flags, decided, order, look_alikes, cub=None):
+        out = inner(run_, push_dir, vectors, flags, decided, order, look_alikes, cub)
+        s, doc = su.load(push_dir, len(vectors))["score"], read_push_doc(push_dir)
+        ids, f = su.order(s), flags.tolist()
+        row = {"none": walk(ids, f, None, decided)["keys"]}
+        for rx, share in rules:
+            la = su.look_alikes(vectors, doc, radius_x=rx, offered=su.most_suspicious(s, share))
+            row[f"{rx:g}x/{share:g}"] = walk(ids, f, la, decided)["keys"]
+        per_round.append(row)
+        return out
+
+    sim.review_walk = replay
+    try:
+        rounds_run(fresh_copy(run, work), n_rounds=n_rounds, criterion=criterion, order="suspicion", look_alikes=True,
+                   generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
+    finally:
+        sim.review_walk = inner
+    return {"first": per_round[0], "rounds": {k: sum(r[k] for r in per_round) for k in per_round[0]}}
 
 
 def rounds(run: Path, work: Path, n: int, criterion: str, order: str, la: bool) -> dict:
@@ -184,7 +213,8 @@ def main(argv=None) -> int:
     ap.add_argument("--signals", action="store_true",
                     help="Only the table that chose the default score: looked_90 per signal combination.")
     ap.add_argument("--offers", action="store_true",
-                    help="Only the table that chose the offer rule: keys per radius factor and suspicious share.")
+                    help="Only the table that chose the offer rule: keys over --rounds rounds and on the first push, "
+                         "per radius factor and suspicious share.")
     a = ap.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     if a.signals:
@@ -234,7 +264,37 @@ def main(argv=None) -> int:
             print(f"| {name} | {col(ri, 'non_object')} | {col(ri, 'looked_90')} | {col(rs, 'looked_90')} | "
                   f"{col(ri, 'looked_100')} | {col(rs, 'looked_100')} | {ri['clicks']} | {rs['keys']} | "
                   f"{fmt(rs['non_object_end'])} |")
+    totals(runs, not a.no_rounds)
     return 0
+
+
+def totals(runs: dict, with_rounds: bool) -> None:
+    """Per family, summed over its seeds: the issue's two expectations."""
+    print("\nPer family, summed over seeds: share of all prototypes looked at to find 90% of the non-object"
+          " ones (first push, suspicion order; ideal = the masks' own order), and keys against one key each\n")
+    print("| family | runs | looked_90 suspicion | ideal | keys first push | keys over the rounds |")
+    print("|---|---|---|---|---|---|")
+    for fam in sorted({n.rsplit("-", 1)[0] for n in runs}):
+        rs = [r for n, r in runs.items() if n.rsplit("-", 1)[0] == fam]
+        seen = sum(r["first_push"]["suspicion"]["looked_90"] or 0 for r in rs)
+        total = sum(r["first_push"]["suspicion"]["prototypes"] for r in rs)
+        ideal = sum(-(-9 * r["first_push"]["suspicion"]["non_object_to_find"] // 10) for r in rs)
+        k1 = sum(r["first_push"]["suspicion+la"]["keys"] for r in rs)
+        c1 = sum(r["first_push"]["suspicion+la"]["one_key_each"] for r in rs)
+        cell = "-"
+        if with_rounds:
+            k = sum(r["rounds_suspicion_la"]["keys"] for r in rs)
+            c = sum(r["rounds_id"]["clicks"] for r in rs)
+            cell = f"{k}/{c} = {k / max(c, 1) - 1:+.1%}"
+        print(f"| {fam} | {len(rs)} | {seen}/{total} = {seen / max(total, 1):.1%} | {ideal / max(total, 1):.1%} | "
+              f"{k1}/{c1} = {k1 / max(c1, 1) - 1:+.1%} | {cell} |")
+
+
+def family_means(table: dict, value) -> tuple[list[str], dict]:
+    """Families in `table` (keyed 'family-seed') and, per key of its rows, value(rows of a family)."""
+    fams = sorted({r.rsplit("-", 1)[0] for r in table})
+    keys = list(next(iter(table.values())))
+    return fams, {k: [value([table[r][k] for r in table if r.rsplit("-", 1)[0] == f]) for f in fams] for k in keys}
 
 
 def signals_main(a) -> int:
@@ -248,38 +308,43 @@ def signals_main(a) -> int:
     table = {f"{fam}-{seed}": signal_table(baseline(a.out, fam, seed, a.regime), a.criterion, combos)
              for fam in a.families for seed in a.seeds}
     (a.out / "signals.json").write_text(json.dumps(table, indent=1))
-    runs = list(table)
-    rows = []
-    for c in table[runs[0]]:
-        vals = [table[r][c] for r in runs if table[r][c] is not None]
-        rows.append((statistics.mean(vals) if vals else 1.0, c))
-    rows.sort()
-    print(f"\nShare of prototypes looked at to find 90% of the non-object ones ({a.criterion}), first push\n")
-    print("| order | mean | " + " | ".join(runs) + " |")
-    print("|---|---|" + "---|" * len(runs))
-    for m, c in rows[:12] + [r for r in rows[12:] if r[1] in ("id", "ideal") or "+" not in r[1]]:
-        print(f"| {c} | {m:.2f} | " + " | ".join(fmt(table[r][c]) for r in runs) + " |")
+    looked = {r: t["looked_90"] for r, t in table.items()}
+    fams, means = family_means(looked, lambda v: statistics.mean(x if x is not None else 1.0 for x in v))
+    rows = sorted(means, key=lambda c: statistics.mean(means[c]))
+    print(f"\nShare of prototypes looked at to find 90% of the non-object ones ({a.criterion}), first push, "
+          f"mean over seeds {' '.join(map(str, a.seeds))} (per run: OUT/signals.json)\n")
+    print("| order | " + " | ".join(fams) + " |")
+    print("|---|" + "---|" * len(fams))
+    for c in rows[:12] + [c for c in rows[12:] if c in ("id", "ideal") or "+" not in c]:
+        print(f"| {c} | " + " | ".join(f"{m:.3f}" for m in means[c]) + " |")
+    for f in fams:
+        rs = [t for r, t in table.items() if r.rsplit("-", 1)[0] == f]
+        print(f"\n{f}: in the default order, {sum(t['default_objects_seen'] for t in rs)} object prototypes come "
+              f"before 90% is found; {sum(t['under_10pct'] for t in rs)} of them have under 10% of their box on the object")
     return 0
 
 
 def offers_main(a) -> int:
-    radii, shares = (1, 2, 4, 8, 1e6), (0.2, 0.3, 0.5, 1.0)
-    table = {f"{fam}-{seed}": offer_table(baseline(a.out, fam, seed, a.regime), a.criterion, radii, shares)
-             for fam in a.families for seed in a.seeds}
+    rules = [(rx, share) for rx in (2, 4, 8, 12, 16, 1e6) for share in (0.15, 0.2, 0.25, 0.3, 0.5)]
+    table = {}
+    for fam in a.families:
+        for seed in a.seeds:
+            run = baseline(a.out, fam, seed, a.regime)
+            work = a.out / f"{fam}-{seed}" / f"work-{a.regime}"
+            table[f"{fam}-{seed}"] = offer_table(run, work, a.criterion, rules, a.rounds)
     (a.out / "offers.json").write_text(json.dumps(table, indent=1))
-    runs = list(table)
-    fams = sorted({r.split("-")[0] for r in runs})
-    print(f"\nKeys to reject all non-object prototypes of the first push ({a.criterion}), suspicion order;"
-          " rule = radius factor / share offered; per family: keys summed over seeds, and / one key each\n")
-    print("| rule | " + " | ".join(fams) + " | " + " | ".join(runs) + " |")
-    print("|---|" + "---|" * (len(fams) + len(runs)))
-    for rule in [k for k in table[runs[0]] if k != "non_object"]:
-        per_fam = []
-        for f in fams:
-            k = sum(table[r][rule] for r in runs if r.startswith(f + "-"))
-            n = sum(table[r]["non_object"] for r in runs if r.startswith(f + "-"))
-            per_fam.append(f"{k}/{n} = {k / max(n, 1):.2f}")
-        print(f"| {rule} | " + " | ".join(per_fam) + " | " + " | ".join(str(table[r][rule]) for r in runs) + " |")
+    fams, rounds = family_means({r: t["rounds"] for r, t in table.items()}, sum)
+    _, first = family_means({r: t["first"] for r, t in table.items()}, sum)
+    print(f"\nKeys to reach zero non-object prototypes over the rounds (and on the first push), suspicion order,"
+          f" seeds {' '.join(map(str, a.seeds))}; rule = radius factor / share offered; 'none' = one key each\n")
+    print("| rule | " + " | ".join(f"{f} rounds | {f} first push" for f in fams) + " |")
+    print("|---|" + "---|---|" * len(fams))
+    for rule in rounds:
+        cells = []
+        for i in range(len(fams)):
+            for t in (rounds, first):
+                cells.append(f"{t[rule][i]} ({t[rule][i] / max(t['none'][i], 1) - 1:+.0%})")
+        print(f"| {rule} | " + " | ".join(cells) + " |")
     return 0
 
 

@@ -40,10 +40,10 @@ DEFAULT = ("box_gap",)
 # of them still undecided; in later rounds most prototypes carry a verdict over, so keep more.
 KEPT = 24
 # Which look-alikes are offered: within RADIUS_X x the median nearest-neighbour distance, and among the
-# most suspicious OFFER_SHARE of the prototypes. Chosen on the birds family, confirmed on the flowers
-# (bench/review_effort.py --offers, docs/review-effort.md).
-RADIUS_X = 8.0
-OFFER_SHARE = 0.2
+# most suspicious OFFER_SHARE of the prototypes. Chosen on ten seeds of the birds family, checked on the
+# flowers and on five fresh seeds of each (bench/review_effort.py --offers, docs/review-effort.md).
+RADIUS_X = 12.0
+OFFER_SHARE = 0.25
 FILE = "suspicion.json"
 VERSION = 2  # 2: look-alikes only among the most suspicious
 OFFER_RULE = [RADIUS_X, OFFER_SHARE, KEPT]  # kept in suspicion.json: a cache made under another rule is made again
