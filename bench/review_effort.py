@@ -146,11 +146,14 @@ def signal_table(run: Path, criterion: str, combos: list[tuple[str, ...]]) -> di
 
 def offer_table(run: Path, work: Path, criterion: str, rules, n_rounds: int) -> dict:
     """Keys to reach zero non-object prototypes over the rounds, and on the first push, per offer rule
-    (radius factor, share of the most suspicious that may be offered), walking in suspicion order.
+    (kind, radius factor, part of P: the window below each prototype in suspicion order, or the fixed
+    share of the most suspicious), walking in suspicion order.
 
     The rounds' decisions do not depend on the offers (the masks decide), so one `rounds` run serves
     every rule: on each round's push the simulated reviewer's walk is replayed once per rule with
     that push's order, carried-over verdicts and vectors. 'none' = no offers, one key each."""
+    import math
+
     import torch
 
     from protocli import simulate as sim
@@ -167,9 +170,12 @@ def offer_table(run: Path, work: Path, criterion: str, rules, n_rounds: int) -> 
         s, doc = su.load(push_dir, len(vectors))["score"], read_push_doc(push_dir)
         ids, f = su.order(s), flags.tolist()
         row = {"none": walk(ids, f, None, decided)["keys"]}
-        for rx, share in rules:
-            la = su.look_alikes(vectors, doc, radius_x=rx, offered=su.most_suspicious(s, share))
-            row[f"{rx:g}x/{share:g}"] = walk(ids, f, la, decided)["keys"]
+        for kind, rx, part in rules:
+            if kind == "window":  # the rule in use: a window of the suspicion order below each prototype
+                la = su.look_alikes(vectors, doc, radius_x=rx, scores=s, window=part)
+            else:  # the rule before: a fixed set, the most suspicious `part` of all prototypes
+                la = su.look_alikes(vectors, doc, radius_x=rx, offered=ids[:math.ceil(part * len(ids))])
+            row[f"{kind} {rx:g}x/{part:g}"] = walk(ids, f, la, decided)["keys"]
         per_round.append(row)
         return out
 
@@ -325,7 +331,8 @@ def signals_main(a) -> int:
 
 
 def offers_main(a) -> int:
-    rules = [(rx, share) for rx in (2, 4, 8, 12, 16, 1e6) for share in (0.15, 0.2, 0.25, 0.3, 0.5)]
+    rules = ([("window", rx, w) for rx in (4, 8, 12, 16, 24, 1e6) for w in (0.1, 0.125, 0.15, 0.2, 0.25)]
+             + [("top", rx, share) for rx in (4, 8, 12, 16, 1e6) for share in (0.2, 0.25, 0.3)])
     table = {}
     for fam in a.families:
         for seed in a.seeds:
@@ -336,7 +343,8 @@ def offers_main(a) -> int:
     fams, rounds = family_means({r: t["rounds"] for r, t in table.items()}, sum)
     _, first = family_means({r: t["first"] for r, t in table.items()}, sum)
     print(f"\nKeys to reach zero non-object prototypes over the rounds (and on the first push), suspicion order,"
-          f" seeds {' '.join(map(str, a.seeds))}; rule = radius factor / share offered; 'none' = one key each\n")
+          f" seeds {' '.join(map(str, a.seeds))}; rule = kind radius factor / part of P (window: below each prototype"
+          f" in suspicion order; top: the most suspicious share); 'none' = one key each\n")
     print("| rule | " + " | ".join(f"{f} rounds | {f} first push" for f in fams) + " |")
     print("|---|" + "---|---|" * len(fams))
     for rule in rounds:

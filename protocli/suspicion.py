@@ -39,14 +39,16 @@ DEFAULT = ("box_gap",)
 # Look-alike candidates kept per prototype, nearest first. A reject offers the first effort.PER_REJECT
 # of them still undecided; in later rounds most prototypes carry a verdict over, so keep more.
 KEPT = 24
-# Which look-alikes are offered: within RADIUS_X x the median nearest-neighbour distance, and among the
-# most suspicious OFFER_SHARE of the prototypes. Chosen on ten seeds of the birds family, checked on the
-# flowers and on five fresh seeds of each (bench/review_effort.py --offers, docs/review-effort.md).
-RADIUS_X = 12.0
-OFFER_SHARE = 0.25
+# Which look-alikes a prototype offers: those within RADIUS_X x the median nearest-neighbour distance
+# that rank below it in suspicion order, within a window of WINDOW x P ranks that starts at it (the
+# ones a reviewer walking down the order meets next). Chosen on ten seeds of the birds family, checked
+# on the flowers and on five fresh seeds of each (bench/review_effort.py --offers,
+# docs/review-effort.md).
+RADIUS_X = 16.0
+WINDOW = 0.125
 FILE = "suspicion.json"
-VERSION = 2  # 2: look-alikes only among the most suspicious
-OFFER_RULE = [RADIUS_X, OFFER_SHARE, KEPT]  # kept in suspicion.json: a cache made under another rule is made again
+VERSION = 2  # 2: look-alikes limited by suspicion (the rule itself is OFFER_RULE)
+OFFER_RULE = ["window", RADIUS_X, WINDOW, KEPT]  # kept in suspicion.json: a cache made under another rule is made again
 
 if TYPE_CHECKING:
     import torch
@@ -163,18 +165,22 @@ def patch_ids(doc: dict) -> list[int]:
     return [ids.setdefault((p["image"], tuple(p["cell"])), len(ids)) for p in doc["prototypes"]]
 
 
-def look_alikes(vectors, doc: dict, k: int = KEPT, radius: float | None = None,
-                offered=None, radius_x: float = RADIUS_X) -> list[list[int]]:
+def look_alikes(vectors, doc: dict, k: int = KEPT, radius: float | None = None, scores=None,
+                window: float = WINDOW, offered=None, radius_x: float = RADIUS_X) -> list[list[int]]:
     """Per prototype: the others on the same patch, then the nearest pushed vectors, at most k in all
     (candidates: the offer takes the first effort.PER_REJECT of them still undecided).
 
-    Beyond the same patch only prototypes in `offered` (ids; default all) within `radius` (squared
-    L2) are kept. The default radius is `radius_x` (RADIUS_X) times the median over prototypes of
-    the squared distance to their nearest other prototype. `compute` passes the most suspicious OFFER_SHARE as
-    `offered`: latent nearness alone offers as many object parts as backgrounds (measured in
-    docs/review-effort.md), nearness among the suspicious ones mostly backgrounds. numpy only: the
+    Beyond the same patch a prototype is a candidate only within `radius` (squared L2; default
+    `radius_x` times the median over prototypes of the squared distance to the nearest other one),
+    and, with `scores`, only when it ranks below the offering prototype in suspicion order, in the
+    window of ceil(window x P) ranks that starts at the offering prototype; `offered` (ids) narrows candidates to a fixed set (the review
+    passes [] before the scores arrive: the same patch only). The window is what makes offers pay:
+    latent nearness alone offers as many object parts as backgrounds, the prototypes just below a
+    rejected one in suspicion order mostly backgrounds (docs/review-effort.md). numpy only: the
     review TUI calls this without importing torch.
     """
+    import math
+
     import numpy as np
 
     v = np.asarray(vectors, dtype=np.float64).reshape(len(vectors), -1)
@@ -189,22 +195,24 @@ def look_alikes(vectors, doc: dict, k: int = KEPT, radius: float | None = None,
     np.fill_diagonal(same, False)
     if radius is None:
         radius = radius_x * float(np.median(d.min(1)))
+    d[d > radius] = np.inf
     if offered is not None:
         allowed = np.zeros(P, dtype=bool)
         allowed[np.asarray(list(offered), dtype=np.int64)] = True
         d[:, ~allowed] = np.inf
-    d = np.where(same, -1.0, d)  # same patch first, whatever its score
+    if scores is not None:
+        rank = np.empty(P, dtype=np.int32)
+        rank[np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")] = np.arange(P, dtype=np.int32)  # = order()
+        below = rank[None, :] - rank[:, None]  # how far below prototype i (row) prototype j ranks
+        d[(below < 0) | (below >= math.ceil(window * P))] = np.inf
+    d[same] = -1.0  # same patch first, whatever its rank or distance
     kk = min(k, P - 1)
-    ni = np.argsort(d, axis=1, kind="stable")[:, :kk]
-    nd = np.take_along_axis(d, ni, axis=1)
-    return [[int(j) for j, dd in zip(ni[i], nd[i], strict=True) if dd <= radius] for i in range(P)]
-
-
-def most_suspicious(scores, share: float = OFFER_SHARE) -> list[int]:
-    """The ceil(share x P) prototypes with the highest scores: those the offers may show."""
-    import math
-
-    return order(scores)[:math.ceil(share * len(scores))]
+    # the kk smallest per row, then sorted by distance and id (a full argsort of P x P costs seconds at P = 2000)
+    part = np.argpartition(d, kk - 1, axis=1)[:, :kk]
+    pd = np.take_along_axis(d, part, axis=1)
+    o = np.lexsort((part, pd), axis=1)
+    ni, nd = np.take_along_axis(part, o, axis=1), np.take_along_axis(pd, o, axis=1)
+    return [[int(j) for j, dd in zip(ni[i], nd[i], strict=True) if dd < np.inf] for i in range(P)]
 
 
 def current_weight(run, push_dir: Path, vectors: torch.Tensor, pcls: torch.Tensor) -> torch.Tensor:
@@ -267,7 +275,7 @@ def compute(run, push_dir: Path | None = None, cub=None, device=None, splits=Non
            "offer_rule": OFFER_RULE,
            "score": [round(float(v), 5) for v in s],
            "signals": {n: [round(float(v), 5) for v in t] for n, t in sig.items()},
-           "look_alikes": look_alikes(vectors, doc, offered=most_suspicious(s))}
+           "look_alikes": look_alikes(vectors, doc, scores=s)}
     atomic_write_json(push_dir / FILE, out)
     return out
 

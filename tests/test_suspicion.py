@@ -90,24 +90,30 @@ def test_look_alikes_same_patch_first_then_nearest_within_radius():
     assert su.look_alikes(v, doc, k=1, radius=0.1)[1] == [4]
     # only `offered` ids join beyond the same patch; the same patch always does
     assert su.look_alikes(v, doc, k=3, radius=0.1, offered=[2, 4]) == [[], [4], [], [2], [1]]
-    assert su.most_suspicious([0.1, 0.9, 0.5, 0.9], share=0.5) == [1, 3]
+    # with scores: only prototypes ranked below, within ceil(window x P) ranks from the offering one.
+    # Order by score: 2, 3, 0, 1, 4. #3 may offer #0 and #1 (window 3 ranks: itself, #0, #1), nearest
+    # first, not #2 above it; #1 offers #4 on its patch, and #4 offers #1 on its patch though #1 is above
+    scores = [0.5, 0.4, 0.9, 0.8, 0.1]
+    assert su.look_alikes(v, doc, k=3, radius=1e9, scores=scores, window=0.6) == [[1, 4], [4], [3, 0], [1, 0], [1]]
 
 
-def test_look_alikes_match_a_loop_with_the_default_radius():
+def test_look_alikes_match_a_loop_with_the_default_radius_and_window():
     rng = np.random.default_rng(0)
     v = rng.random((30, 4), dtype=np.float32)
     doc = _doc([(j % 2, 0) for j in range(30)], images=[f"i{j % 27}" for j in range(30)])
-    offered = set(range(0, 30, 3))
-    got = su.look_alikes(v, doc, k=5, offered=sorted(offered))
+    scores = rng.random(30)
+    got = su.look_alikes(v, doc, k=5, scores=scores)
     d = ((v[:, None, :].astype(np.float64) - v[None]) ** 2).sum(2)
     np.fill_diagonal(d, np.inf)
     radius = su.RADIUS_X * np.median(d.min(1))
+    rank = {j: r for r, j in enumerate(sorted(range(30), key=lambda j: -scores[j]))}
+    width = -(-su.WINDOW * 30 // 1)
     for i in range(30):
         same = [j for j in range(30) if j != i and doc["prototypes"][j]["image"] == doc["prototypes"][i]["image"]
                 and doc["prototypes"][j]["cell"] == doc["prototypes"][i]["cell"]]
-        rest = [j for j in np.argsort(d[i], kind="stable") if j != i and j not in same and j in offered]
-        want = (same + rest)[:5]
-        assert got[i] == [j for j in want if j in same or d[i, j] <= radius]
+        rest = [j for j in np.argsort(d[i], kind="stable") if j != i and j not in same and d[i, j] <= radius
+                and 0 < rank[j] - rank[i] < width]
+        assert got[i] == (same + rest)[:5]
 
 
 def test_walk_counts_looks_and_keys():
