@@ -1,9 +1,11 @@
-"""The masking effect of the review TUI at CUB scale, timing only: 5994 training and 5794 test images,
-2000 prototypes, 200 classes, random similarities (no run needed).
+"""The masking effect and the look-alike lists of the review TUI at CUB scale, timing only: 5994
+training and 5794 test images, 2000 prototypes of 128 dimensions, 200 classes, random similarities
+and vectors (no run needed).
 
 Usage: OMP_NUM_THREADS=1 python bench/effect_scale.py
-Prints the time of one refit step, the step count that fits the 0.6 s budget, and the seconds one
-effect takes for 10, 200 and 350 rejected prototypes.
+Prints the time of one refit step, the step count that fits the 0.6 s budget, the seconds one
+effect takes for 10, 200 and 350 rejected prototypes, and the seconds `suspicion.look_alikes` takes
+for 2000 prototypes (part of the scores the TUI computes in the background).
 """
 
 from __future__ import annotations
@@ -36,6 +38,15 @@ def main() -> None:
     for n in (10, 200, 350):
         r = e(list(range(n)))
         print(f"{n} rejected: {r['seconds']} s, {r['refit_steps']} refit steps")
+    import time
+
+    from protocli.suspicion import look_alikes
+
+    v = torch.rand(P, 128, generator=g).numpy()
+    doc = {"prototypes": [{"image": f"img{j // 4}", "cell": [j % 2, 0]} for j in range(P)]}
+    t0 = time.perf_counter()
+    look_alikes(v, doc, scores=torch.rand(P, generator=g).numpy())
+    print(f"look-alike lists of {P} prototypes: {time.perf_counter() - t0:.2f} s")
 
 
 if __name__ == "__main__":

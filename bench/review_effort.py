@@ -154,6 +154,7 @@ def offer_table(run: Path, work: Path, criterion: str, rules, n_rounds: int) -> 
     that push's order, carried-over verdicts and vectors. 'none' = no offers, one key each."""
     import math
 
+    import numpy as np
     import torch
 
     from protocli import simulate as sim
@@ -163,6 +164,7 @@ def offer_table(run: Path, work: Path, criterion: str, rules, n_rounds: int) -> 
     from protocli.runfiles import read_push_doc
 
     per_round: list[dict] = []
+    pairs: dict[str, float] = {}
     inner = sim.review_walk
 
     def replay(run_, push_dir, vectors, flags, decided, order, look_alikes, cub=None):
@@ -176,6 +178,14 @@ def offer_table(run: Path, work: Path, criterion: str, rules, n_rounds: int) -> 
             else:  # the rule before: a fixed set, the most suspicious `part` of all prototypes
                 la = su.look_alikes(vectors, doc, radius_x=rx, offered=ids[:math.ceil(part * len(ids))])
             row[f"{kind} {rx:g}x/{part:g}"] = walk(ids, f, la, decided)["keys"]
+        if not per_round:  # how selective each radius is: the share of all pairs it admits, first push
+            v = vectors.double().numpy()
+            sq = (v * v).sum(1)
+            d = np.maximum(sq[:, None] - 2 * v @ v.T + sq[None, :], 0.0)  # as suspicion.look_alikes
+            np.fill_diagonal(d, np.inf)
+            med = float(np.median(d.min(1)))
+            pairs.update({f"{rx:g}x": float((d <= rx * med).sum()) / (len(v) * (len(v) - 1))
+                          for rx in sorted({r[1] for r in rules})})
         per_round.append(row)
         return out
 
@@ -185,7 +195,8 @@ def offer_table(run: Path, work: Path, criterion: str, rules, n_rounds: int) -> 
                    generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
     finally:
         sim.review_walk = inner
-    return {"first": per_round[0], "rounds": {k: sum(r[k] for r in per_round) for k in per_round[0]}}
+    return {"first": per_round[0], "rounds": {k: sum(r[k] for r in per_round) for k in per_round[0]},
+            "pairs_within": pairs}
 
 
 def rounds(run: Path, work: Path, n: int, criterion: str, order: str, la: bool) -> dict:
@@ -353,6 +364,10 @@ def offers_main(a) -> int:
             for t in (rounds, first):
                 cells.append(f"{t[rule][i]} ({t[rule][i] / max(t['none'][i], 1) - 1:+.0%})")
         print(f"| {rule} | " + " | ".join(cells) + " |")
+    within = {r: t["pairs_within"] for r, t in table.items()}
+    fams, share = family_means(within, lambda v: sum(v) / len(v))
+    print("\nShare of all pairs of prototypes within each radius (first push, mean over seeds): "
+          + "; ".join(f"{rx} " + " / ".join(f"{f} {share[rx][i]:.2f}" for i, f in enumerate(fams)) for rx in share))
     return 0
 
 
