@@ -173,7 +173,7 @@ def look_alikes(vectors, doc: dict, k: int = KEPT, radius: float | None = None, 
     Beyond the same patch a prototype is a candidate only within `radius` (squared L2; default
     `radius_x` times the median over prototypes of the squared distance to the nearest other one),
     and, with `scores`, only when it ranks below the offering prototype in suspicion order, in the
-    window of ceil(window x P) ranks that starts at the offering prototype; `offered` (ids) narrows candidates to a fixed set (the review
+    window of ceil(window x P) ranks (at least 2) that starts at the offering prototype; `offered` (ids) narrows candidates to a fixed set (the review
     passes [] before the scores arrive: the same patch only). The window is what makes offers pay:
     latent nearness alone offers as many object parts as backgrounds, the prototypes just below a
     rejected one in suspicion order mostly backgrounds (docs/review-effort.md). numpy only: the
@@ -204,7 +204,7 @@ def look_alikes(vectors, doc: dict, k: int = KEPT, radius: float | None = None, 
         rank = np.empty(P, dtype=np.int32)
         rank[np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")] = np.arange(P, dtype=np.int32)  # = order()
         below = rank[None, :] - rank[:, None]  # how far below prototype i (row) prototype j ranks
-        d[(below < 0) | (below >= math.ceil(window * P))] = np.inf
+        d[(below < 0) | (below >= max(2, math.ceil(window * P)))] = np.inf  # the next one at least
     d[same] = -1.0  # same patch first, whatever its rank or distance
     kk = min(k, P - 1)
     # the kk smallest per row, then sorted by distance and id (a full argsort of P x P costs seconds at P = 2000)

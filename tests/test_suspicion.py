@@ -107,7 +107,7 @@ def test_look_alikes_match_a_loop_with_the_default_radius_and_window():
     np.fill_diagonal(d, np.inf)
     radius = su.RADIUS_X * np.median(d.min(1))
     rank = {j: r for r, j in enumerate(sorted(range(30), key=lambda j: -scores[j]))}
-    width = -(-su.WINDOW * 30 // 1)
+    width = max(2, -(-su.WINDOW * 30 // 1))
     for i in range(30):
         same = [j for j in range(30) if j != i and doc["prototypes"][j]["image"] == doc["prototypes"][i]["image"]
                 and doc["prototypes"][j]["cell"] == doc["prototypes"][i]["cell"]]
@@ -174,6 +174,13 @@ def test_simulate_reports_effort_and_same_decisions(tiny_run, order, la):
     if order == "suspicion":
         doc = json.loads((push / su.FILE).read_text())
         assert len(doc["score"]) == d["prototypes"] and doc["signals_used"] == list(su.DEFAULT)
+        # the written offers follow the rule: the same patch, or ranked just below in suspicion order
+        rank = {j: r for r, j in enumerate(su.order(doc["score"]))}
+        patch = su.patch_ids(json.loads((push / "prototypes.json").read_text()))
+        width = max(2, -(-su.WINDOW * d["prototypes"] // 1))
+        assert any(doc["look_alikes"])
+        for i, offers in enumerate(doc["look_alikes"]):
+            assert all(patch[j] == patch[i] or 0 < rank[j] - rank[i] < width for j in offers)
 
 
 def test_mask_effect_matches_the_model_and_is_fast(tiny_run):
