@@ -173,8 +173,9 @@ def look_alikes(vectors, doc: dict, k: int = KEPT, radius: float | None = None, 
     Beyond the same patch a prototype is a candidate only within `radius` (squared L2; default
     `radius_x` times the median over prototypes of the squared distance to the nearest other one),
     and, with `scores`, only when it ranks below the offering prototype in suspicion order, in the
-    window of ceil(window x P) ranks (at least 2) that starts at the offering prototype; `offered` (ids) narrows candidates to a fixed set (the review
-    passes [] before the scores arrive: the same patch only). The window is what makes offers pay:
+    window of ceil(window x P) ranks (at least 2) that starts at the offering prototype. `offered`
+    (ids) narrows the candidates to a fixed set (the review passes [] before the scores arrive: the
+    same patch only). The window is what makes offers pay:
     latent nearness alone offers as many object parts as backgrounds, the prototypes just below a
     rejected one in suspicion order mostly backgrounds (docs/review-effort.md). numpy only: the
     review TUI calls this without importing torch.
@@ -201,13 +202,13 @@ def look_alikes(vectors, doc: dict, k: int = KEPT, radius: float | None = None, 
         allowed[np.asarray(list(offered), dtype=np.int64)] = True
         d[:, ~allowed] = np.inf
     if scores is not None:
-        rank = np.empty(P, dtype=np.int32)
-        rank[np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")] = np.arange(P, dtype=np.int32)  # = order()
+        rank = np.empty(P, dtype=np.int32)  # rank in order(scores), without torch
+        rank[np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")] = np.arange(P, dtype=np.int32)
         below = rank[None, :] - rank[:, None]  # how far below prototype i (row) prototype j ranks
         d[(below < 0) | (below >= max(2, math.ceil(window * P)))] = np.inf  # the next one at least
     d[same] = -1.0  # same patch first, whatever its rank or distance
     kk = min(k, P - 1)
-    # the kk smallest per row, then sorted by distance and id (a full argsort of P x P costs seconds at P = 2000)
+    # the kk smallest per row, then sorted by distance and id (a full sort of P x P took ~1 s at P = 2000)
     part = np.argpartition(d, kk - 1, axis=1)[:, :kk]
     pd = np.take_along_axis(d, part, axis=1)
     o = np.lexsort((part, pd), axis=1)
