@@ -154,7 +154,6 @@ def offer_table(run: Path, work: Path, criterion: str, rules, n_rounds: int) -> 
     that push's order, carried-over verdicts and vectors. 'none' = no offers, one key each."""
     import math
 
-    import numpy as np
     import torch
 
     from protocli import simulate as sim
@@ -179,12 +178,9 @@ def offer_table(run: Path, work: Path, criterion: str, rules, n_rounds: int) -> 
                 la = su.look_alikes(vectors, doc, radius_x=rx, offered=ids[:math.ceil(part * len(ids))])
             row[f"{kind} {rx:g}x/{part:g}"] = walk(ids, f, la, decided)["keys"]
         if not per_round:  # how selective each radius is: the share of all pairs it admits, first push
-            v = vectors.double().numpy()
-            sq = (v * v).sum(1)
-            d = np.maximum(sq[:, None] - 2 * v @ v.T + sq[None, :], 0.0)  # as suspicion.look_alikes
-            np.fill_diagonal(d, np.inf)
-            med = float(np.median(d.min(1)))
-            pairs.update({f"{rx:g}x": float((d <= rx * med).sum()) / (len(v) * (len(v) - 1))
+            d = su.pair_distances(vectors.numpy())
+            med, n = su.nn_median(d), len(d)
+            pairs.update({f"{rx:g}x": float((d <= rx * med).sum()) / (n * (n - 1))
                           for rx in sorted({r[1] for r in rules})})
         per_round.append(row)
         return out

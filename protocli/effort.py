@@ -42,6 +42,17 @@ def fresh(candidates: list[int], skip) -> list[int]:
     return out
 
 
+def bring(ids: list[int], candidates_of, chain: set[int], settled) -> list[int]:
+    """The look-alikes the rejects `ids` bring into an offer: per id, `fresh` among its candidates,
+    skipping those already in the chain or `settled` (decided); `chain` grows by what is brought."""
+    out: list[int] = []
+    for i in ids:
+        new = fresh(candidates_of(i), lambda o: o in chain or settled(o))
+        chain.update(new)
+        out += new
+    return out
+
+
 def walk(order: list[int], non_object, look_alikes: list[list[int]] | None = None,
          decided: set[int] | frozenset = frozenset(), shown: int = SHOWN) -> dict:
     """Simulate the reviewer on `order`; `non_object[j]` is the truth, `decided` the carried-over ids."""
@@ -50,6 +61,10 @@ def walk(order: list[int], non_object, look_alikes: list[list[int]] | None = Non
     n = len(targets)
     need90 = math.ceil(0.9 * n)
     rejected: set[int] = set()
+
+    def settled(o: int) -> bool:  # carried over, or rejected in this walk
+        return o in decided or o in rejected
+
     seen: set[int] = set()
     keys = 0
     looked = {"looked_90": None, "looked_100": None}
@@ -61,16 +76,8 @@ def walk(order: list[int], non_object, look_alikes: list[list[int]] | None = Non
         if looked["looked_100"] is None and n and found >= n:
             looked["looked_100"] = len(seen)
 
-    def bring(ids: list[int], chain: set[int]) -> list[int]:
-        out = []
-        for i in ids:
-            new = fresh(look_alikes[i], lambda o: o in chain or o in decided or o in rejected)
-            chain.update(new)
-            out += new
-        return out
-
     for j in order:
-        if j in decided or j in rejected:
+        if settled(j):
             continue
         seen.add(j)
         if not flags[j]:
@@ -81,7 +88,7 @@ def walk(order: list[int], non_object, look_alikes: list[list[int]] | None = Non
         if look_alikes is None:
             continue
         chain = {j}
-        offer = bring([j], chain)
+        offer = bring([j], look_alikes.__getitem__, chain, settled)
         while offer:
             cards = offer[:shown]
             seen.update(cards)
@@ -92,6 +99,6 @@ def walk(order: list[int], non_object, look_alikes: list[list[int]] | None = Non
             keys += spare + 1
             rejected.update(bad)
             note()
-            offer = [o for o in offer if o not in cards] + bring(bad, chain)
+            offer = [o for o in offer if o not in cards] + bring(bad, look_alikes.__getitem__, chain, settled)
     return {"non_object_to_find": n, **looked, "keys": keys, "one_key_each": n,
             "looked_total": len(seen), "rejected_ids": sorted(rejected)}

@@ -165,6 +165,24 @@ def patch_ids(doc: dict) -> list[int]:
     return [ids.setdefault((p["image"], tuple(p["cell"])), len(ids)) for p in doc["prototypes"]]
 
 
+def pair_distances(vectors):
+    """Squared L2 distances between pushed vectors, (P, P) float64 numpy, inf on the diagonal."""
+    import numpy as np
+
+    v = np.asarray(vectors, dtype=np.float64).reshape(len(vectors), -1)
+    sq = (v * v).sum(1)
+    d = np.maximum(sq[:, None] - 2 * v @ v.T + sq[None, :], 0.0)
+    np.fill_diagonal(d, np.inf)
+    return d
+
+
+def nn_median(d) -> float:
+    """Median over prototypes of the squared distance to the nearest other one: the radius unit."""
+    import numpy as np
+
+    return float(np.median(d.min(1)))
+
+
 def look_alikes(vectors, doc: dict, k: int = KEPT, radius: float | None = None, scores=None,
                 window: float = WINDOW, offered=None, radius_x: float = RADIUS_X) -> list[list[int]]:
     """Per prototype: the others on the same patch, then the nearest pushed vectors, at most k in all
@@ -184,18 +202,15 @@ def look_alikes(vectors, doc: dict, k: int = KEPT, radius: float | None = None, 
 
     import numpy as np
 
-    v = np.asarray(vectors, dtype=np.float64).reshape(len(vectors), -1)
-    P = len(v)
+    P = len(vectors)
     if P < 2:
         return [[] for _ in range(P)]
-    sq = (v * v).sum(1)
-    d = np.maximum(sq[:, None] - 2 * v @ v.T + sq[None, :], 0.0)
-    np.fill_diagonal(d, np.inf)
+    d = pair_distances(vectors)
     key = np.asarray(patch_ids(doc))
     same = key[:, None] == key[None, :]
     np.fill_diagonal(same, False)
     if radius is None:
-        radius = radius_x * float(np.median(d.min(1)))
+        radius = radius_x * nn_median(d)
     d[d > radius] = np.inf
     if offered is not None:
         allowed = np.zeros(P, dtype=bool)

@@ -6,13 +6,13 @@ when loaded). Output: `ids`, the offered prototypes in order, of which the first
 marked for rejection; `spare(i)` takes the mark off the i-th (or puts it back), and `reject()`
 rejects the marked cards shown in one go. Spared cards then leave the offer, and every card
 rejected brings its own look-alikes in (the first `effort.PER_REJECT` not offered before in this
-chain and undecided: `effort.fresh`), so a cluster is cleared without walking to it. The simulated
+chain and undecided: `effort.bring`), so a cluster is cleared without walking to it. The simulated
 reviewer (effort.py) follows exactly these rules. Never imports textual or torch.
 """
 
 from __future__ import annotations
 
-from protocli.effort import SHOWN, fresh
+from protocli.effort import SHOWN, bring
 
 
 class Offers:
@@ -42,10 +42,7 @@ class Offers:
         return self.ids[:self.room]
 
     def _extend(self, ids: list[int]) -> None:
-        for i in ids:
-            new = fresh(self.look_alikes(i), lambda o: o in self._chain or self.state.decision(o) is not None)
-            self._chain.update(new)
-            self.ids += new
+        self.ids += bring(ids, self.look_alikes, self._chain, lambda o: self.state.decision(o) is not None)
 
     def start(self, j: int) -> None:
         self.ids, self.of, self._chain, self.spared = [], j, {j}, set()
