@@ -108,6 +108,7 @@ def push_truth(run: Path, criterion: str):
 
     from protocli import suspicion as su
     from protocli.cache import latents
+    from protocli.edge_colour import pushed_pictures
     from protocli.model import pushed_prototypes as pushed_vectors
     from protocli.run import Run
     from protocli.simulate import push_object_stats
@@ -119,7 +120,8 @@ def push_truth(run: Path, criterion: str):
     z, y = latents(r.load_model("cpu"), cub, "train", crop=r.crop, cache_dir=r.cache_dir, device=torch.device("cpu"))
     md, arg = su.grid_min(z, v)
     pcls = torch.tensor([p["class"] for p in doc["prototypes"]])
-    sig = su.signals(md, arg, y.long(), pcls, su.current_weight(r, push, v, pcls), tuple(doc["grid"]), doc, v)
+    sig = su.signals(md, arg, y.long(), pcls, su.current_weight(r, push, v, pcls), tuple(doc["grid"]), doc, v,
+                     pictures=pushed_pictures(r, doc, cub))
     return st[criterion].tolist(), sig, v, doc, st["overlap"].tolist()
 
 

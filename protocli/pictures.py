@@ -1,14 +1,31 @@
-"""Small picture helpers: a jet colormap, a box drawn on an image, PNG bytes.
+"""Small picture helpers: training images in input space, a jet colormap, a box drawn on an image,
+PNG bytes.
 
-Inputs: uint8 images (H, W, 3) as numpy arrays. Outputs: new arrays, or PNG bytes (no timestamp).
+Inputs: uint8 images (H, W, 3) as numpy arrays (or, for `load_input_images`, a dataset and indices).
+Outputs: new arrays, or PNG bytes (no timestamp).
 """
 
 from __future__ import annotations
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from PIL import Image
+
+
+def load_input_images(cub, items, size: int, crop: bool) -> dict[int, np.ndarray]:
+    """Unnormalised input-space pictures (S, S, 3) uint8 of the given train-split indices."""
+    from protocli.data.transforms import eval_transform
+
+    tf = eval_transform(size)
+    split = cub.split("train")
+
+    def one(i):
+        return i, (tf(cub.image(split[i], crop=crop)).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+    with ThreadPoolExecutor(max_workers=4) as ex:
+        return dict(ex.map(one, items))
 
 
 def jet(v: np.ndarray) -> np.ndarray:

@@ -24,22 +24,8 @@ from protocli.console import info, warn
 from protocli.errors import BadInput
 from protocli.files import atomic_write_bytes, atomic_write_json
 from protocli.nearest import k_nearest_patches, nearest_patches
-from protocli.pictures import draw_box, jet, png
+from protocli.pictures import draw_box, jet, load_input_images, png
 from protocli.runfiles import push_is_current, read_push_doc
-
-
-def load_input_images(cub, items, size: int, crop: bool) -> dict[int, np.ndarray]:
-    """Unnormalised input-space pictures (S, S, 3) uint8 of the given train-split indices."""
-    from protocli.data.transforms import eval_transform
-
-    tf = eval_transform(size)
-    split = cub.split("train")
-
-    def one(i):
-        return i, (tf(cub.image(split[i], crop=crop)).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-
-    with ThreadPoolExecutor(max_workers=4) as ex:
-        return dict(ex.map(one, items))
 
 
 def cell_box(cell_h: int, cell_w: int, grid, size: int, margin: int = 1) -> list[int]:

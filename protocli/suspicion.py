@@ -3,8 +3,8 @@
 The review is the method's real cost, so the TUI can show the prototypes most likely to show
 background first, and offer a rejected prototype's look-alikes for rejection at once. Everything
 here comes from the run alone: the push's pushed vectors and prototypes.json, the cached latents of
-the (unaugmented) training images, the last layer and the antitype set Q. Signals, each oriented
-so that higher = more suspicious:
+the (unaugmented) training images, the pushed images' pixels, the last layer and the antitype set
+Q. Signals, each oriented so that higher = more suspicious:
 
 - evenness:  normalised entropy over classes of the prototype's mean similarity per class
              (a part of its own class fires on its own class; a texture fires everywhere);
@@ -18,6 +18,9 @@ so that higher = more suspicious:
 - border:    how far from the image centre it fires, averaged over its nearest training images
              (objects sit in the middle of a cropped image, background around it);
 - box_gap:   how far its 95th-percentile box on the pushed image stays from the image centre;
+- edge_colour: minus how unlike the pushed image's edge the most unusual pixel of that box is (every
+             colour of a background box is also found on the edge; an object pixel, even a few, is
+             not); needs the pushed images' pixels (protocli/edge_colour.py);
 - distance:  its push distance (how far it had drifted from any real patch).
 
 `score` ranks prototypes by the mean of the chosen signals' percentile ranks (so no signal needs a
@@ -34,8 +37,8 @@ from protocli.errors import BadInput
 from protocli.files import atomic_write_json, read_json
 
 SIGNALS = ("evenness", "specific", "other", "own", "weight", "strong", "ubiquity", "antitype", "duplicate",
-           "border", "box_gap", "distance")
-DEFAULT = ("box_gap",)
+           "border", "box_gap", "edge_colour", "distance")
+DEFAULT = ("edge_colour",)  # chosen on the birds, confirmed on the flowers (docs/review-effort.md)
 # Look-alike candidates kept per prototype, nearest first. A reject offers the first effort.PER_REJECT
 # of them still undecided; in later rounds most prototypes carry a verdict over, so keep more.
 KEPT = 24
@@ -43,11 +46,11 @@ KEPT = 24
 # that rank below it in suspicion order, within a window of WINDOW x P ranks that starts at it (the
 # ones a reviewer walking down the order meets next). Chosen on ten seeds of the birds family, checked
 # on the flowers and on five fresh seeds of each (bench/review_effort.py --offers,
-# docs/review-effort.md).
-RADIUS_X = 16.0
-WINDOW = 0.125
+# docs/review-effort.md); chosen again (was 16 / 0.125) when the score became edge_colour.
+RADIUS_X = 24.0
+WINDOW = 0.1
 FILE = "suspicion.json"
-VERSION = 2  # 2: look-alikes limited by suspicion (the rule itself is OFFER_RULE)
+VERSION = 3  # 2: look-alikes limited by suspicion (the rule itself is OFFER_RULE); 3: edge_colour
 OFFER_RULE = ["window", RADIUS_X, WINDOW, KEPT]  # kept in suspicion.json: a cache made under another rule is made again
 
 if TYPE_CHECKING:
@@ -94,10 +97,11 @@ def percentile_rank(x: torch.Tensor) -> torch.Tensor:
 
 def signals(min_d: torch.Tensor, arg: torch.Tensor, y: torch.Tensor, pcls: torch.Tensor, weight: torch.Tensor,
             grid: tuple[int, int], doc: dict, vectors: torch.Tensor, antitypes: torch.Tensor | None = None,
-            k: int | None = None) -> dict[str, torch.Tensor]:
+            k: int | None = None, pictures: dict | None = None, device=None) -> dict[str, torch.Tensor]:
     """Every signal (P,) from min distances/cells (N, P) of the training images and the push.
 
-    `k` nearest images per prototype for `other` and `border` (default: images per class)."""
+    `k` nearest images per prototype for `other` and `border` (default: images per class).
+    `pictures` (train index -> (S, S, 3) uint8, the pushed images) adds `edge_colour` (on `device`)."""
     import torch
 
     from protocli.model import log_similarity
@@ -135,9 +139,14 @@ def signals(min_d: torch.Tensor, arg: torch.Tensor, y: torch.Tensor, pcls: torch
         anti = -torch.cdist(vectors.float(), antitypes.float()).square().min(1).values
     else:
         anti = torch.zeros(P)
-    return {"evenness": evenness, "specific": -evenness, "other": other, "own": -other,
-            "weight": -weight.float(), "strong": weight.float(), "ubiquity": sim.mean(0), "antitype": anti,
-            "duplicate": dup, "border": border, "box_gap": box_gap, "distance": dist}
+    out = {"evenness": evenness, "specific": -evenness, "other": other, "own": -other,
+           "weight": -weight.float(), "strong": weight.float(), "ubiquity": sim.mean(0), "antitype": anti,
+           "duplicate": dup, "border": border, "box_gap": box_gap, "distance": dist}
+    if pictures is not None:
+        from protocli.edge_colour import edge_colour
+
+        out["edge_colour"] = edge_colour(pictures, doc, device=device)
+    return out
 
 
 def score(sig: dict[str, torch.Tensor], names=DEFAULT) -> torch.Tensor:
@@ -147,6 +156,9 @@ def score(sig: dict[str, torch.Tensor], names=DEFAULT) -> torch.Tensor:
     bad = [n for n in names if n not in SIGNALS]
     if bad or not names:
         raise BadInput(f"unknown suspicion signal(s) {bad}; choose from {', '.join(SIGNALS)}")
+    missing = [n for n in names if n not in sig]
+    if missing:  # edge_colour needs the pictures: signals(..., pictures=...)
+        raise ValueError(f"signal(s) {missing} were not computed")
     return torch.stack([percentile_rank(sig[n]) for n in names]).mean(0)
 
 
@@ -261,6 +273,7 @@ def compute(run, push_dir: Path | None = None, cub=None, device=None, splits=Non
 
     from protocli import antitypes as atmod
     from protocli.cache import latents
+    from protocli.edge_colour import pushed_pictures
     from protocli.model import pushed_prototypes
     from protocli.runtime import pick_device
 
@@ -285,11 +298,12 @@ def compute(run, push_dir: Path | None = None, cub=None, device=None, splits=Non
         q = [e["vector"] for e in ants.antitypes if e["push"] != push_dir.name]
         q = torch.tensor(q, dtype=torch.float32) if q else None
     sig = signals(min_d.cpu(), arg.cpu(), ytr.long(), pcls, current_weight(run, push_dir, vectors, pcls),
-                  tuple(doc["grid"]), doc, vectors, q)
-    s = score(sig, names)
+                  tuple(doc["grid"]), doc, vectors, q, pictures=pushed_pictures(run, doc, cub), device=device)
+    # rounded once and used as stored: a mean of ranks has near-ties that float noise would order
+    # one way here and rounding another in the TUI, which sorts by the stored scores
+    s = [round(float(v), 5) for v in score(sig, names)]
     out = {"version": VERSION, "push": doc.get("push", push_dir.name), "signals_used": list(names),
-           "offer_rule": OFFER_RULE,
-           "score": [round(float(v), 5) for v in s],
+           "offer_rule": OFFER_RULE, "score": s,
            "signals": {n: [round(float(v), 5) for v in t] for n, t in sig.items()},
            "look_alikes": look_alikes(vectors, doc, scores=s)}
     atomic_write_json(push_dir / FILE, out)

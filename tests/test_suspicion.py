@@ -11,6 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from protocli import edge_colour as ec
 from protocli import suspicion as su
 from protocli.cli import app
 from protocli.effort import walk
@@ -70,6 +71,66 @@ def test_signals_against_hand_formulas():
     v = torch.tensor([[1.0, 0, 0], [0, 2.0, 0]])
     sig = su.signals(min_d, arg, y, pcls, torch.ones(2), (2, 2), doc, v, antitypes=q)
     assert sig["antitype"].tolist() == pytest.approx([-1.0, -4.0])
+
+
+def _edge_loop(pic: np.ndarray, box, k: int, ring: int) -> float:
+    """The signal by its definition, one pixel at a time: the largest, over the box's pixels, of the
+    k-th smallest RGB distance to an edge pixel outside the box; minus it."""
+    S = pic.shape[0]
+    x0, y0, x1, y1 = box
+    img = pic.astype(np.float64) / 255
+    edge = [(y, x) for y in range(S) for x in range(S)
+            if (y < ring or y >= S - ring or x < ring or x >= S - ring) and not (y0 <= y < y1 and x0 <= x < x1)]
+    worst = 0.0
+    for y in range(y0, y1):
+        for x in range(x0, x1):
+            d = sorted(math.dist(img[y, x], img[ey, ex]) for ey, ex in edge)
+            worst = max(worst, d[min(k, len(d)) - 1])
+    return -worst
+
+
+def test_edge_colour_matches_a_loop():
+    rng = np.random.default_rng(0)
+    S = 24  # ring round(24 / 12) = 2 pixels
+    pics = {0: rng.integers(0, 256, (S, S, 3), dtype=np.uint8), 3: rng.integers(0, 256, (S, S, 3), dtype=np.uint8)}
+    boxes = [[0, 0, 5, 24], [8, 8, 16, 16], [20, 3, 24, 9], [0, 0, 24, 24]]
+    doc = {"img_size": S, "prototypes": [{"image_index": i, "box": b} for i, b in zip([0, 3, 0, 3], boxes, strict=True)]}
+    for k in (1, 5):
+        got = ec.edge_colour(pics, doc, k=k)
+        want = [_edge_loop(pics[p["image_index"]], p["box"], k, 2) for p in doc["prototypes"][:3]]
+        assert got[:3].tolist() == pytest.approx(want, abs=1e-5)
+        assert got[3] == pytest.approx(-math.sqrt(3))  # the box covers the whole edge: it holds the object
+
+
+def test_edge_colour_tells_a_grazing_box_from_background():
+    S = 24
+    pic = np.zeros((S, S, 3), dtype=np.uint8)
+    pic[::2] = (40, 90, 200)  # a striped background: two colours, both on the edge
+    pic[6:18, 6:18] = (230, 30, 30)  # the object, kept off the edge
+    grazing = pic.copy()
+    grazing[10:12, 4:6] = (230, 30, 30)  # the object reaches two columns further left, into the strip
+    doc = {"img_size": S, "prototypes": [{"image_index": i, "box": [0, 0, 6, 24]} for i in (0, 1)]}
+    got = ec.edge_colour({0: pic, 1: grazing}, doc)
+    assert got[0] == pytest.approx(0.0, abs=1e-6)  # every colour of the strip is on the edge
+    assert got[1] < -0.5  # four red pixels in the strip: no edge pixel outside it is red
+    sig = su.signals(torch.zeros(1, 2), torch.zeros(1, 2, dtype=torch.long), torch.tensor([0]), torch.tensor([0, 1]),
+                     torch.ones(2), (2, 2), {**_doc([(0, 0), (1, 1)], boxes=[[0, 0, 6, 24]] * 2, size=S),
+                                             "prototypes": [{**p, "image_index": j} for j, p in enumerate(
+                                                 _doc([(0, 0), (1, 1)], boxes=[[0, 0, 6, 24]] * 2, size=S)["prototypes"])]},
+                     torch.rand(2, 3), pictures={0: pic, 1: grazing})
+    assert sig["edge_colour"].tolist() == pytest.approx(got.tolist())
+    assert su.order(su.score(sig))[0] == 0  # same box_gap: the plain strip comes first
+
+
+def test_edge_colour_shrinks_large_pictures():
+    rng = np.random.default_rng(1)
+    pic = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    doc = {"img_size": 48, "prototypes": [{"image_index": 0, "box": [0, 4, 10, 30]}]}
+    from PIL import Image
+
+    small = np.asarray(Image.fromarray(pic).resize((24, 24), Image.Resampling.BILINEAR))
+    # the box scaled to 24 px and rounded outwards: [0, 2, 5, 15]; the ring round(24 / 12) = 2
+    assert float(ec.edge_colour({0: pic}, doc, side=24)[0]) == pytest.approx(_edge_loop(small, [0, 2, 5, 15], 5, 2), abs=1e-5)
 
 
 def test_score_and_order():
