@@ -113,13 +113,14 @@ def test_edge_colour_tells_a_grazing_box_from_background():
     got = ec.edge_colour({0: pic, 1: grazing}, doc)
     assert got[0] == pytest.approx(0.0, abs=1e-6)  # every colour of the strip is on the edge
     assert got[1] < -0.5  # four red pixels in the strip: no edge pixel outside it is red
+    full = _doc([(0, 0), (1, 1)], images=["a", "b"], boxes=[[0, 0, 6, 24]] * 2, size=S)
+    for j, p in enumerate(full["prototypes"]):
+        p["image_index"] = j
     sig = su.signals(torch.zeros(1, 2), torch.zeros(1, 2, dtype=torch.long), torch.tensor([0]), torch.tensor([0, 1]),
-                     torch.ones(2), (2, 2), {**_doc([(0, 0), (1, 1)], boxes=[[0, 0, 6, 24]] * 2, size=S),
-                                             "prototypes": [{**p, "image_index": j} for j, p in enumerate(
-                                                 _doc([(0, 0), (1, 1)], boxes=[[0, 0, 6, 24]] * 2, size=S)["prototypes"])]},
-                     torch.rand(2, 3), pictures={0: pic, 1: grazing})
-    assert sig["edge_colour"].tolist() == pytest.approx(got.tolist())
-    assert su.order(su.score(sig))[0] == 0  # same box_gap: the plain strip comes first
+                     torch.ones(2), (2, 2), full, torch.rand(2, 3), pictures={0: grazing, 1: pic})
+    assert sig["edge_colour"].tolist() == pytest.approx(got.flip(0).tolist())
+    assert sig["box_gap"][0] == sig["box_gap"][1]  # the same strip: location cannot tell them apart
+    assert su.order(su.score(sig)) == [1, 0]  # the default score can: the plain strip first
 
 
 def test_edge_colour_shrinks_large_pictures():
@@ -293,3 +294,10 @@ def test_check_cancel_only_where_a_check_is_installed():
     with cancellable(lambda: True), pytest.raises(Cancelled):
         min_distances(model, z, torch.device("cpu"), batch_size=2)
     check_cancel()  # the block restored the previous state
+    # the edge colour loop polls it too: closing the review must not wait for 2000 boxes
+    pic = np.zeros((12, 12, 3), dtype=np.uint8)
+    doc = {"img_size": 12, "prototypes": [{"image_index": 0, "box": [0, 0, 4, 4]}]}
+    with cancellable(lambda: False):
+        assert ec.edge_colour({0: pic}, doc).shape == (1,)
+    with cancellable(lambda: True), pytest.raises(Cancelled):
+        ec.edge_colour({0: pic}, doc)
