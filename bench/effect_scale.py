@@ -6,7 +6,7 @@ Usage: OMP_NUM_THREADS=1 python bench/effect_scale.py [--device cuda]
 Prints the time of one refit step, the step count that fits the 0.6 s budget, the seconds one
 effect takes for 10, 200 and 350 rejected prototypes, and the seconds `suspicion.look_alikes` takes
 for 2000 prototypes, `suspicion.grid_min` over 5994 latent grids of 128 x 7 x 7 (the rest of
-those scores) on the device, and `suspicion.edge_colour` for 2000 boxes on 224-px pictures.
+those scores) on the device, and `edge_colour.edge_colour` for 2000 boxes on 224-px pictures.
 """
 
 from __future__ import annotations

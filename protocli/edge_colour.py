@@ -71,8 +71,8 @@ def edge_colour(pictures: dict, doc: dict, k: int = EDGE_K, ring: float = EDGE_R
     edge = torch.ones(w, w, dtype=torch.bool, device=device)
     edge[r:w - r, r:w - r] = False
     out = torch.empty(len(protos))
-    # One prototype at a time: boxes differ in size, and each step is a (box x edge) distance matrix
-    # (about 1e6 entries), so the loop itself costs nothing next to it.
+    # One prototype at a time: boxes differ in size, and each step is a (box x edge) distance search
+    # (up to about 1e6 pairs), so the loop itself costs nothing next to it.
     for j, p in enumerate(protos):
         check_cancel()
         x0, y0, x1, y1 = (int(v) for v in p["box"])
@@ -82,8 +82,8 @@ def edge_colour(pictures: dict, doc: dict, k: int = EDGE_K, ring: float = EDGE_R
         inside = torch.zeros(w, w, dtype=torch.bool, device=device)
         inside[y0:y1, x0:x1] = True
         ref = img[edge & ~inside]
-        if len(ref) == 0:
-            out[j] = -3 ** 0.5
+        if len(ref) == 0:  # the box covers the whole edge: it holds the object
+            out[j] = -(3 ** 0.5)  # the largest RGB distance there is
             continue
         out[j] = -_max_kth(img[y0:y1, x0:x1].reshape(-1, 3), ref, min(k, len(ref))).sqrt()
     return out
