@@ -32,7 +32,7 @@ def variants(run: Path, criterion: str) -> dict:
     import torch
 
     from protocli import suspicion as su
-    from protocli.edge_colour import _kth_sq, pushed_pictures
+    from protocli.edge_colour import WHOLE_EDGE, _kth_sq, box_and_edge, edge_ring, pushed_pictures
     from protocli.effort import walk
     from protocli.run import Run
 
@@ -42,21 +42,16 @@ def variants(run: Path, criterion: str) -> dict:
     gap = su.percentile_rank(sig["box_gap"])
     out = {"ideal": -(-9 * int(sum(flags)) // 10)}
     for ring in RINGS:
-        r = max(1, round(ring * S))
-        edge = torch.ones(S, S, dtype=torch.bool)
-        edge[r:S - r, r:S - r] = False
+        edge = edge_ring(S, ring)
         for k in KS:
             values = {name: [] for name in REDUCE}
             for p in doc["prototypes"]:  # every pixel's distance, not just the largest: bench only
-                x0, y0, x1, y1 = p["box"]
                 img = torch.from_numpy(pics[p["image_index"]].copy()).float() / 255
-                inside = torch.zeros(S, S, dtype=torch.bool)
-                inside[y0:y1, x0:x1] = True
-                ref = img[edge & ~inside]
+                box, ref = box_and_edge(img, p["box"], edge)
                 if len(ref) == 0:  # the box covers the whole edge: the object, as in the code
-                    d = torch.full(((y1 - y0) * (x1 - x0),), 3 ** 0.5)
+                    d = torch.full((len(box),), WHOLE_EDGE)
                 else:
-                    d = _kth_sq(img[y0:y1, x0:x1].reshape(-1, 3), ref, min(k, len(ref))).sqrt()
+                    d = _kth_sq(box, ref, min(k, len(ref))).sqrt()
                 values["largest"].append(float(d.max()))
                 values["q99"].append(float(d.quantile(0.99)))
                 values["count>0.5"].append(float((d > 0.5).sum()))

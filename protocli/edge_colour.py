@@ -67,9 +67,7 @@ def edge_colour(pictures: dict, doc: dict, k: int = EDGE_K, ring: float = EDGE_R
         if w != S:
             img = np.asarray(Image.fromarray(img).resize((w, w), Image.Resampling.BILINEAR))
         small[i] = torch.from_numpy(np.array(img)).to(device).float().div_(255)
-    r = max(1, round(ring * w))
-    edge = torch.ones(w, w, dtype=torch.bool, device=device)
-    edge[r:w - r, r:w - r] = False
+    edge = edge_ring(w, ring, device)
     out = torch.empty(len(protos))
     # One prototype at a time: boxes differ in size, and each step is a (box x edge) distance search
     # (up to about 1e6 pairs), so the loop itself costs nothing next to it.
@@ -78,15 +76,32 @@ def edge_colour(pictures: dict, doc: dict, k: int = EDGE_K, ring: float = EDGE_R
         x0, y0, x1, y1 = (int(v) for v in p["box"])
         x0, y0 = x0 * w // S, y0 * w // S
         x1, y1 = max(x0 + 1, -(-x1 * w // S)), max(y0 + 1, -(-y1 * w // S))
-        img = small[int(p["image_index"])]
-        inside = torch.zeros(w, w, dtype=torch.bool, device=device)
-        inside[y0:y1, x0:x1] = True
-        ref = img[edge & ~inside]
-        if len(ref) == 0:  # the box covers the whole edge: it holds the object
-            out[j] = -(3 ** 0.5)  # the largest RGB distance there is
-            continue
-        out[j] = -_max_kth(img[y0:y1, x0:x1].reshape(-1, 3), ref, min(k, len(ref))).sqrt()
+        box, ref = box_and_edge(small[int(p["image_index"])], (x0, y0, x1, y1), edge)
+        out[j] = -(WHOLE_EDGE if len(ref) == 0 else _max_kth(box, ref, min(k, len(ref))).sqrt())
     return out
+
+
+WHOLE_EDGE = 3 ** 0.5  # a box that covers the whole edge holds the object: the largest RGB distance
+
+
+def edge_ring(w: int, ring: float = EDGE_RING, device=None) -> torch.Tensor:
+    """bool (w, w): the ring `ring` x the side wide (at least a pixel) along a w-px picture's border."""
+    import torch
+
+    r = max(1, round(ring * w))
+    edge = torch.ones(w, w, dtype=torch.bool, device=device)
+    edge[r:w - r, r:w - r] = False
+    return edge
+
+
+def box_and_edge(img: torch.Tensor, box, edge: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pixels (n, 3) of `box` (x0, y0, x1, y1) in img (w, w, 3), and those of `edge` outside it."""
+    import torch
+
+    x0, y0, x1, y1 = box
+    inside = torch.zeros_like(edge)
+    inside[y0:y1, x0:x1] = True
+    return img[y0:y1, x0:x1].reshape(-1, 3), img[edge & ~inside]
 
 
 def _kth_sq(a: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:

@@ -279,6 +279,7 @@ def compute(run, push_dir: Path | None = None, cub=None, device=None, splits=Non
 
     device = device or pick_device("auto")
     push_dir = Path(push_dir) if push_dir is not None else run.require_push()
+    cub = cub or run.cub()  # once: the latents and the pushed pictures both read it
     doc = read_json(push_dir / "prototypes.json", "push file")
     vectors = pushed_prototypes(push_dir)
     if len(doc["prototypes"]) != len(vectors):
@@ -287,7 +288,7 @@ def compute(run, push_dir: Path | None = None, cub=None, device=None, splits=Non
         ztr, ytr = splits[0], splits[1]
     else:
         model = run.load_model(device)
-        ztr, ytr = latents(model, cub or run.cub(), "train", crop=run.crop, cache_dir=run.cache_dir, device=device)
+        ztr, ytr = latents(model, cub, "train", crop=run.crop, cache_dir=run.cache_dir, device=device)
     pcls = torch.tensor([int(p["class"]) for p in doc["prototypes"]])
     with torch.no_grad():
         min_d, arg = grid_min(ztr.to(device), vectors.to(device))
